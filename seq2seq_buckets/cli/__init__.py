@@ -1,0 +1,1 @@
+"""Thin command-line entry points: they parse flags and call the library."""

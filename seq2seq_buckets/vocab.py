@@ -1,0 +1,55 @@
+"""Special token ids, defined once, and the SentencePiece models that must agree with them."""
+
+import os
+
+import sentencepiece as spm
+
+from seq2seq_buckets.errors import UserError
+
+PAD_ID = 0
+GO_ID = 1  # SentencePiece's BOS
+EOS_ID = 2
+UNK_ID = 3
+
+# Sentences SentencePiece trains on at most; a larger corpus is sampled.
+SPM_SAMPLE_SENTENCES = 300_000
+
+
+def train_spm(inputs, model_prefix, vocab_size, model_type="unigram"):
+  """Trains a SentencePiece model on the text files `inputs`; returns the loaded model.
+
+  With hard_vocab_limit=False a vocab_size larger than the corpus can yield is not
+  an error: the model stops at the size reached (see `piece_count`).
+  """
+  try:
+    spm.SentencePieceTrainer.train(
+        input=",".join(inputs), model_prefix=model_prefix, vocab_size=vocab_size,
+        model_type=model_type, pad_id=PAD_ID, bos_id=GO_ID, eos_id=EOS_ID, unk_id=UNK_ID,
+        character_coverage=1.0, hard_vocab_limit=False,
+        input_sentence_size=SPM_SAMPLE_SENTENCES, shuffle_input_sentence=True,
+        num_threads=os.cpu_count() or 1, minloglevel=2)
+  except RuntimeError as e:
+    message = str(e).splitlines()[0]
+    if "required_chars" in message:
+      raise UserError(
+          f"vocab size {vocab_size} is too small for {', '.join(inputs)}: "
+          f"{message.split('] ')[-1]}") from None
+    raise UserError(f"SentencePiece training on {', '.join(inputs)} failed: {message}") from None
+  return load_spm(model_prefix + ".model")
+
+
+def load_spm(path):
+  """Loads a SentencePiece model and checks its special ids against this module's."""
+  if not os.path.isfile(path):
+    raise UserError(f"{path}: SentencePiece model not found")
+  try:
+    model = spm.SentencePieceProcessor(model_file=path)
+  except (RuntimeError, OSError) as e:
+    raise UserError(f"{path}: not a SentencePiece model ({str(e).splitlines()[0]})") from None
+  found = {"pad": model.pad_id(), "bos/go": model.bos_id(), "eos": model.eos_id(),
+           "unk": model.unk_id()}
+  wanted = {"pad": PAD_ID, "bos/go": GO_ID, "eos": EOS_ID, "unk": UNK_ID}
+  if found != wanted:
+    raise UserError(f"{path}: special ids {found} differ from the required {wanted}; "
+                    "train it with pad_id=0 bos_id=1 eos_id=2 unk_id=3")
+  return model
