@@ -1,0 +1,144 @@
+"""Graph factories: one tf.Graph per mode holding every bucket's pieces.
+
+Training graph: per bucket a placeholder BatchedInput, its loss, update op and
+gradient norm (dev loss: the same loss with model.dropout_rate fed 0.0) and a
+greedy decoder. Inference graph: per bucket a greedy decoder and an encoder, plus one
+one-step decoder (state in, log-probs and state out) for beam search. Train and
+inference share weights through checkpoints.
+"""
+
+import collections
+
+import tensorflow as tf
+
+from seq2seq_buckets.attention import mask_bias
+from seq2seq_buckets.batches import BatchedInput
+from seq2seq_buckets.model import EncoderOutput, Seq2SeqModel
+
+tf1 = tf.compat.v1
+# Graph mode for the whole process: sessions, savers and summaries run outside a
+# `graph.as_default()` block too.
+tf1.disable_eager_execution()
+
+BucketTrainOps = collections.namedtuple(
+    "BucketTrainOps", ["inputs", "loss", "nll_sum", "tokens", "grad_norm", "update",
+                       "greedy_ids"])
+TrainState = collections.namedtuple(
+    "TrainState", ["global_step", "learning_rate", "decay_learning_rate", "best_dev_loss",
+                   "recent_dev_losses", "best_bleu", "bad_evals"])
+TrainingGraph = collections.namedtuple(
+    "TrainingGraph", ["graph", "model", "buckets", "state", "init", "saver"])
+
+# Per bucket encoder for beam search: inputs (encoder_inputs [N, I], source_lengths [N]) ->
+# memory, keys [N, I, H], states (flat list of [N, H]), initial output [N, H].
+EncoderOps = collections.namedtuple(
+    "EncoderOps", ["encoder_inputs", "source_lengths", "memory", "keys", "states", "output"])
+# One decoder step: placeholders tokens [N], output [N, H], states (flat list of [N, H]),
+# memory/keys [N, I, H], source_lengths [N] -> log_probs [N, V], new output, new states.
+StepOps = collections.namedtuple(
+    "StepOps", ["tokens", "output", "states", "memory", "keys", "source_lengths",
+                "log_probs", "new_output", "new_states"])
+GreedyOps = collections.namedtuple("GreedyOps", ["encoder_inputs", "source_lengths", "ids"])
+InferenceGraph = collections.namedtuple(
+    "InferenceGraph", ["graph", "model", "greedy", "encoders", "step", "saver"])
+
+
+def bucket_placeholders(bucket, name):
+  """A BatchedInput of placeholders for bucket (I, O) with a free batch dimension."""
+  source_len, target_len = bucket
+  with tf1.name_scope(name):
+    return BatchedInput(
+        tf1.placeholder(tf.int32, [None, source_len], "encoder_inputs"),
+        tf1.placeholder(tf.int32, [None], "source_lengths"),
+        tf1.placeholder(tf.int32, [None, target_len], "decoder_inputs"),
+        tf1.placeholder(tf.int32, [None, target_len], "targets"),
+        tf1.placeholder(tf.float32, [None, target_len], "target_weights"))
+
+
+def _train_state(hparams):
+  """Loop state kept in the checkpoint, so a resumed run continues where it stopped."""
+  with tf1.variable_scope("train_state"):
+    def scalar(name, value, dtype=tf.float32):
+      return tf1.get_variable(name, initializer=tf.constant(value, dtype), trainable=False)
+    global_step = tf1.train.get_or_create_global_step()
+    learning_rate = scalar("learning_rate", hparams.learning_rate)
+    return TrainState(
+        global_step, learning_rate,
+        learning_rate.assign(learning_rate * hparams.learning_rate_decay_factor),
+        scalar("best_dev_loss", float("inf")),
+        tf1.get_variable("recent_dev_losses", initializer=tf.fill([3], float("inf")),
+                         trainable=False),
+        scalar("best_bleu", -1.0), scalar("bad_evals", 0, tf.int32))
+
+
+def build_training_graph(hparams, max_checkpoints=5):
+  """The training graph: every bucket's update, dev loss and greedy decoder."""
+  graph = tf.Graph()
+  with graph.as_default():
+    tf1.set_random_seed(hparams.seed)
+    model = Seq2SeqModel(hparams)
+    state = _train_state(hparams)
+    if hparams.optimizer == "adam":
+      optimizer = tf1.train.AdamOptimizer(state.learning_rate)
+    else:
+      optimizer = tf1.train.GradientDescentOptimizer(state.learning_rate)
+    params = tf1.trainable_variables()
+    buckets = []
+    for b, bucket in enumerate(hparams.buckets):
+      inputs = bucket_placeholders(bucket, f"bucket_{b}")
+      with tf1.name_scope(f"bucket_{b}/train"):
+        loss = model.loss(inputs)
+        grads = tf.gradients(loss.loss, params)
+        clipped, grad_norm = tf.clip_by_global_norm(grads, hparams.max_gradient_norm)
+        update = optimizer.apply_gradients(zip(clipped, params), global_step=state.global_step)
+      with tf1.name_scope(f"bucket_{b}/greedy"):
+        ids = model.greedy(inputs.encoder_inputs, inputs.source_lengths, bucket[1])
+      buckets.append(BucketTrainOps(inputs, loss.loss, loss.nll_sum, loss.tokens, grad_norm,
+                                    update, ids))
+    init = tf1.global_variables_initializer()
+    saver = tf1.train.Saver(max_to_keep=max_checkpoints)
+  return TrainingGraph(graph, model, buckets, state, init, saver)
+
+
+def build_inference_graph(hparams):
+  """The decoding graph: greedy decoder and encoder per bucket, one shared decoder step."""
+  graph = tf.Graph()
+  with graph.as_default():
+    model = Seq2SeqModel(hparams)
+    tf1.train.get_or_create_global_step()
+    greedy, encoders = [], []
+    for b, (source_len, target_len) in enumerate(hparams.buckets):
+      with tf1.name_scope(f"bucket_{b}"):
+        enc_inputs = tf1.placeholder(tf.int32, [None, source_len], "encoder_inputs")
+        lengths = tf1.placeholder(tf.int32, [None], "source_lengths")
+        greedy.append(GreedyOps(enc_inputs, lengths, model.greedy(enc_inputs, lengths, target_len)))
+        encoded = model.encode(enc_inputs, lengths, training=False)
+        encoders.append(EncoderOps(enc_inputs, lengths, encoded.memory, encoded.keys,
+                                   _flatten(encoded.states), model.initial_output(encoded)))
+    step = _step_ops(model)
+    saver = tf1.train.Saver(tf1.global_variables())
+  return InferenceGraph(graph, model, greedy, encoders, step, saver)
+
+
+def _step_ops(model):
+  hp = model.hp
+  per_layer = 2 if hp.cell == "lstm" else 1
+  with tf1.name_scope("step"):
+    tokens = tf1.placeholder(tf.int32, [None], "tokens")
+    output = tf1.placeholder(tf.float32, [None, hp.size], "output")
+    states = [tf1.placeholder(tf.float32, [None, hp.size], f"state_{i}")
+              for i in range(hp.num_layers * per_layer)]
+    memory = tf1.placeholder(tf.float32, [None, None, hp.size], "memory")
+    keys = tf1.placeholder(tf.float32, [None, None, hp.size], "keys")
+    lengths = tf1.placeholder(tf.int32, [None], "source_lengths")
+    encoded = EncoderOutput(memory, keys, mask_bias(lengths, tf.shape(memory)[1]), None)
+    layered = [tuple(states[l * per_layer:(l + 1) * per_layer]) for l in range(hp.num_layers)]
+    new_output, new_states = model.decoder_step(
+        model.embed_target(tokens), output, layered, encoded)
+    log_probs = tf.nn.log_softmax(model.logits(new_output))
+  return StepOps(tokens, output, states, memory, keys, lengths, log_probs, new_output,
+                 _flatten(new_states))
+
+
+def _flatten(states):
+  return [tensor for layer in states for tensor in layer]

@@ -1,0 +1,202 @@
+"""The attention encoder-decoder: variables created once, graph pieces built per bucket.
+
+Shapes: B batch, I source bucket length, O target bucket length, H = hparams.size,
+E = hparams.embedding_size, V = target vocabulary. All pieces of every bucket
+read the same variables, so the trainable variable set does not depend on the
+number of buckets.
+
+Encoder: source embedding -> layer 0 (bidirectional, H/2 each way, or H) ->
+layers 1..N-1 (H), unrolled to I steps over right-padded input. Real positions
+never see padding: the forward direction reads left to right and its final state
+is taken at the last real step; the backward direction runs on each sentence
+reversed within its length (tf.reverse_sequence).
+Decoder (Luong-style with input feeding): layer-0 input is [target embedding;
+previous attentional output]; the top hidden state queries the attention; the
+attentional output tanh(W [context; h]) feeds the output projection.
+"""
+
+import collections
+
+import tensorflow as tf
+
+from seq2seq_buckets.attention import Attention, mask_bias
+from seq2seq_buckets.cells import make_cell, read
+from seq2seq_buckets.vocab import GO_ID
+
+tf1 = tf.compat.v1
+
+# memory/keys [B, I, H] float32; mask_bias [B, I] float32 (0 real, -1e9 padding);
+# states: one tuple per layer.
+EncoderOutput = collections.namedtuple("EncoderOutput", ["memory", "keys", "mask_bias", "states"])
+# loss: scalar training objective (mean over real target tokens);
+# nll_sum: summed negative log-likelihood of real tokens; tokens: real target tokens.
+LossOutput = collections.namedtuple("LossOutput", ["loss", "nll_sum", "tokens"])
+
+
+class Seq2SeqModel:
+  """Holds the variables; its methods build graph pieces that share them.
+
+  Dropout (rate `dropout_rate`, hparams.dropout unless fed; feed 0.0 to evaluate)
+  is applied to embeddings, between layers and to the attentional output in
+  `loss` only. Decoder dropout masks are drawn once per sequence ([O, B, H]) so
+  an unrolled step costs one multiply per dropout site.
+  """
+
+  def __init__(self, hparams):
+    self.hp = hp = hparams
+    self.dropout_rate = tf1.placeholder_with_default(float(hp.dropout), [], "dropout_rate")
+    initializer = tf1.random_uniform_initializer(-0.1, 0.1, seed=hp.seed)
+    with tf1.variable_scope("model", initializer=initializer):
+      self.source_embedding = read(tf1.get_variable(
+          "source_embedding", [hp.src_vocab_size, hp.embedding_size]))
+      self.target_embedding = read(tf1.get_variable(
+          "target_embedding", [hp.tgt_vocab_size, hp.embedding_size]))
+      with tf1.variable_scope("encoder"):
+        if hp.bidirectional_encoder:
+          self.encoder_first = (make_cell(hp.cell, hp.embedding_size, hp.size // 2, "layer_0_fw"),
+                                make_cell(hp.cell, hp.embedding_size, hp.size // 2, "layer_0_bw"))
+        else:
+          self.encoder_first = (make_cell(hp.cell, hp.embedding_size, hp.size, "layer_0"),)
+        self.encoder_rest = [make_cell(hp.cell, hp.size, hp.size, f"layer_{l}")
+                             for l in range(1, hp.num_layers)]
+      with tf1.variable_scope("decoder"):
+        feed = hp.size if hp.input_feeding else 0
+        self.decoder_cells = [make_cell(hp.cell, hp.embedding_size + feed, hp.size, "layer_0")]
+        self.decoder_cells += [make_cell(hp.cell, hp.size, hp.size, f"layer_{l}")
+                               for l in range(1, hp.num_layers)]
+        self.attention = Attention(hp.attention, hp.size)
+        if hp.tie_embeddings:
+          self.output_weights = self.target_embedding
+        else:
+          self.output_weights = read(tf1.get_variable(
+              "output_weights", [hp.tgt_vocab_size, hp.size]))
+        self.output_bias = read(tf1.get_variable(
+            "output_bias", initializer=tf.zeros([hp.tgt_vocab_size])))
+
+  def _dropout(self, x, training):
+    """x with dropout applied when training (and hparams.dropout > 0)."""
+    if not training or not self.hp.dropout:
+      return x
+    return x * self._dropout_mask(tf.shape(x))
+
+  def _dropout_mask(self, shape):
+    keep = 1.0 - self.dropout_rate
+    return tf.floor(keep + tf.random.uniform(shape)) / keep
+
+  # --- encoder -------------------------------------------------------------------------
+  def encode(self, encoder_inputs, source_lengths, training):
+    """encoder_inputs [B, I] int32, source_lengths [B] int32 -> EncoderOutput."""
+    hp = self.hp
+    steps = encoder_inputs.shape[1]
+    if hp.reverse_source:
+      encoder_inputs = tf.reverse_sequence(encoder_inputs, source_lengths, seq_axis=1, batch_axis=0)
+    x = tf.nn.embedding_lookup(self.source_embedding, tf.transpose(encoder_inputs))
+    x = self._dropout(x, training)  # [I, B, E]
+    last = tf.stack([tf.maximum(source_lengths - 1, 0), tf.range(tf.shape(x)[1])], axis=1)
+
+    def run(cell, inputs, backward=False):
+      if backward:
+        inputs = tf.reverse_sequence(inputs, source_lengths, seq_axis=0, batch_axis=1)
+      outputs, states = cell.sequence(inputs, cell.zero_state(tf.shape(inputs)[1]))
+      final = tuple(tf.gather_nd(s, last) for s in states)
+      if backward:
+        outputs = tf.reverse_sequence(outputs, source_lengths, seq_axis=0, batch_axis=1)
+      return outputs, final
+
+    if hp.bidirectional_encoder:
+      fw_out, fw_state = run(self.encoder_first[0], x)
+      bw_out, bw_state = run(self.encoder_first[1], x, backward=True)
+      x = tf.concat([fw_out, bw_out], axis=2)
+      states = [tuple(tf.concat([f, b], 1) for f, b in zip(fw_state, bw_state))]
+    else:
+      x, state = run(self.encoder_first[0], x)
+      states = [state]
+    for cell in self.encoder_rest:
+      x, state = run(cell, self._dropout(x, training))
+      states.append(state)
+    memory = tf.transpose(x, [1, 0, 2])
+    return EncoderOutput(memory, self.attention.keys(memory), mask_bias(source_lengths, steps),
+                         states)
+
+  # --- decoder -------------------------------------------------------------------------
+  def embed_target(self, ids):
+    """ids [...] int32 -> target embeddings [..., E]."""
+    return tf.nn.embedding_lookup(self.target_embedding, ids)
+
+  def decoder_step(self, embedded, previous_output, states, encoded, dropout_masks=None):
+    """One decoder step.
+
+    embedded [B, E]; previous_output [B, H] (the previous attentional output,
+    zeros at the start); states: one tuple per layer; dropout_masks: None, or
+    [layers, B, H]: one mask per layer above the first, the last for the output ->
+    (attentional output [B, H], new states).
+    """
+    x = tf.concat([embedded, previous_output], 1) if self.hp.input_feeding else embedded
+    new_states = []
+    for layer, (cell, state) in enumerate(zip(self.decoder_cells, states)):
+      if layer and dropout_masks is not None:
+        x *= dropout_masks[layer - 1]
+      x, state = cell.step(x, state)
+      new_states.append(state)
+    output, _ = self.attention(x, encoded.memory, encoded.keys, encoded.mask_bias)
+    if dropout_masks is not None:
+      output *= dropout_masks[-1]
+    return output, new_states
+
+  def logits(self, outputs):
+    """outputs [N, H] -> logits [N, V]."""
+    return tf.matmul(outputs, self.output_weights, transpose_b=True) + self.output_bias
+
+  def initial_output(self, encoded):
+    """Zeros [B, H]: the 'previous attentional output' of the first decoder step."""
+    return tf.zeros_like(encoded.memory[:, 0, :])
+
+  # --- per-bucket graphs ---------------------------------------------------------------
+  def loss(self, batch):
+    """batch: BatchedInput of [B, I] / [B, O] tensors -> LossOutput, masked by target_weights.
+
+    Built with dropout at `dropout_rate`: feed 0.0 to evaluate. `loss` is the
+    training objective (sampled softmax or label smoothing when set); `nll_sum`
+    always uses the full softmax.
+    """
+    hp = self.hp
+    steps = batch.decoder_inputs.shape[1]
+    encoded = self.encode(batch.encoder_inputs, batch.source_lengths, training=True)
+    embedded = self._dropout(self.embed_target(tf.transpose(batch.decoder_inputs)), True)
+    embedded = tf.unstack(embedded, num=steps)  # O x [B, E]
+    masks = [None] * steps
+    if hp.dropout:
+      shape = [steps, hp.num_layers, tf.shape(batch.decoder_inputs)[0], hp.size]
+      masks = tf.unstack(self._dropout_mask(shape), num=steps)  # O x [layers, B, H]
+    output, states, outputs = self.initial_output(encoded), encoded.states, []
+    for t in range(steps):
+      output, states = self.decoder_step(embedded[t], output, states, encoded, masks[t])
+      outputs.append(output)
+    flat = tf.reshape(tf.stack(outputs, axis=1), [-1, hp.size])  # [B*O, H]
+    targets = tf.reshape(batch.targets, [-1])
+    weights = tf.reshape(batch.target_weights, [-1])
+    tokens = tf.reduce_sum(weights)
+    logits = self.logits(flat)
+    nll = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
+    if hp.num_samples:
+      xent = tf1.nn.sampled_softmax_loss(
+          weights=self.output_weights, biases=self.output_bias, labels=targets[:, None],
+          inputs=flat, num_sampled=hp.num_samples, num_classes=hp.tgt_vocab_size, seed=hp.seed)
+    elif hp.label_smoothing:
+      uniform = -tf.reduce_mean(tf.nn.log_softmax(logits), axis=1)
+      xent = (1.0 - hp.label_smoothing) * nll + hp.label_smoothing * uniform
+    else:
+      xent = nll
+    loss = tf.reduce_sum(xent * weights) / tf.maximum(tokens, 1.0)
+    return LossOutput(loss, tf.reduce_sum(nll * weights), tokens)
+
+  def greedy(self, encoder_inputs, source_lengths, steps):
+    """encoder_inputs [B, I], source_lengths [B] -> greedy output ids [B, steps] int32."""
+    encoded = self.encode(encoder_inputs, source_lengths, training=False)
+    token = tf.fill([tf.shape(encoder_inputs)[0]], GO_ID)
+    output, states, ids = self.initial_output(encoded), encoded.states, []
+    for _ in range(steps):
+      output, states = self.decoder_step(self.embed_target(token), output, states, encoded)
+      token = tf.argmax(self.logits(output), axis=1, output_type=tf.int32)
+      ids.append(token)
+    return tf.stack(ids, axis=1)
