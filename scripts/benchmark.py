@@ -1,0 +1,871 @@
+#!/usr/bin/env python3
+"""One run that measures the reference model on Multi30k En->De, and optionally the peer.
+
+    python scripts/benchmark.py --quick            # < 3 minutes, few steps, test subset
+    python scripts/benchmark.py                    # full: the README's numbers
+    python scripts/benchmark.py --peer [--steps N] # also OpenNMT-py 3.5.1, side by side
+
+What it measures, in this order (each TensorFlow part in a subprocess of its own,
+so every peak RSS is that part's alone, read with os.wait4):
+
+  machine   CPU model, cores, memory; fp32 matmul GFLOP/s peak (large square
+            matmul through TensorFlow, best of several runs).
+  prepare   wall time of `s2s-prepare` (auto:4 buckets) on Multi30k; a second
+            directory with one max-length bucket (the padded baseline) from the
+            same SentencePiece models.
+  speed     graph build (training graph, init, inference graph); training
+            target tokens/s (real target tokens, EOS included, no padding) with
+            the auto:4 buckets and with the single bucket: same model, warmed up,
+            repetitions interleaved, median per mode and their ratio; padding
+            efficiency of both; model FLOPs per target token (analytic) and the
+            fraction of the matmul peak that training reaches (mfu).
+  train     the real trainer (`seq2seq_buckets.trainer.train`) for --steps
+            steps: its peak RSS, and the model that decoding uses.
+  decode    test_2016_flickr: batched greedy and beam-5 sentences/s, interactive
+            (one sentence at a time, text in, text out) p50/p95 ms, BLEU, peak RSS.
+  peer      (--peer) OpenNMT-py 3.5.1 in its own virtualenv (scripts/peer/setup_peer.sh),
+            same architecture, same SentencePiece pieces, same steps and test set.
+
+Writes benchmark.json (--json) and prints a markdown table for the README.
+"""
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_DATA = os.path.normpath(os.path.join(REPO, "..", "shared", "data", "multi30k"))
+CACHE = os.path.join(os.path.expanduser("~"), ".cache", "seq2seq_buckets")
+DEFAULT_PEER_VENV = os.environ.get("S2S_PEER_VENV", os.path.join(CACHE, "peer_venv"))
+PEER_SETUP = os.path.join(REPO, "scripts", "peer", "setup_peer.sh")
+TEST_SET = "test_2016_flickr"
+
+# Settings of the two modes; every value can be overridden by a flag.
+MODES = {
+    "quick": dict(steps=30, speed_steps=8, speed_reps=3, warmup_steps=2, test_lines=100,
+                  interactive_lines=20, matmul_size=2048, matmul_reps=3),
+    "full": dict(steps=4000, speed_steps=60, speed_reps=5, warmup_steps=5, test_lines=0,
+                 interactive_lines=200, matmul_size=4096, matmul_reps=5),
+}
+
+# Targets from the issues (name -> (comparison, value)); shown in the table, not enforced.
+GOALS = {
+    "bucket_speedup": (">=", 2.5),
+    "peer_train_speedup": (">=", 1.5),
+    "mfu": (">=", 0.5),
+    "graph_build_s": ("<=", 10.0),
+    "interactive_p50_ms": ("<=", 15.0),
+    "interactive_beam_p50_ms": ("<=", 50.0),
+    "prepare_s": ("<=", 6.0),
+    "peer_decode_speedup_greedy": (">=", 3.0),
+    "peer_decode_speedup": (">=", 2.0),
+}
+
+
+# --- pure helpers (no TensorFlow; tests call these) ------------------------------------
+
+def cpu_model():
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or "unknown CPU"
+
+
+def memory_gib():
+  try:
+    with open("/proc/meminfo", encoding="utf-8") as f:
+      for line in f:
+        if line.startswith("MemTotal:"):
+          return round(int(line.split()[1]) / 2**20, 1)
+  except OSError:
+    pass
+  return None
+
+
+def forward_flops(hp, source_len, target_len):
+  """Matmul FLOPs (2 per multiply-add) of one forward pass over one sentence pair.
+
+  hp: a dict (or object) with the model hparams; the encoder runs over
+  `source_len` positions, the decoder over `target_len` positions attending to
+  `source_len` positions. Counted: LSTM/GRU gate matmuls of every layer, the
+  attention (keys, query, scores, context, attentional output) and the output
+  projection; embeddings, softmax and elementwise work are not counted.
+  """
+  get = hp.get if isinstance(hp, dict) else lambda k, d=None: getattr(hp, k, d)
+  h, e, layers = get("size"), get("embedding_size"), get("num_layers")
+  v = get("tgt_vocab_size")
+  gates = 4 if get("cell", "lstm") == "lstm" else 3
+
+  def cell(inputs, units):
+    return 2 * (inputs + units) * gates * units
+
+  if get("bidirectional_encoder", False):
+    enc0 = 2 * cell(e, h // 2)
+  else:
+    enc0 = cell(e, h)
+  encoder = source_len * (enc0 + (layers - 1) * cell(h, h) + 2 * h * h)  # + attention keys
+  feed = h if get("input_feeding", True) else 0
+  dec = cell(e + feed, h) + (layers - 1) * cell(h, h)
+  attention = 2 * 2 * source_len * h + 2 * 2 * h * h  # scores + context; output [2H]x[H]
+  if get("attention", "bahdanau") == "bahdanau":
+    attention += 2 * h * h  # query projection
+  projection = 2 * h * v
+  return encoder + target_len * (dec + attention + projection)
+
+
+def training_flops(hp, source_len, target_len):
+  """Forward + backward (2x forward) matmul FLOPs of one training pass over one pair."""
+  return 3 * forward_flops(hp, source_len, target_len)
+
+
+def median(values):
+  return float(statistics.median(values)) if values else None
+
+
+def percentile(values, q):
+  """The q-th percentile (0..100) by linear interpolation; None for no values."""
+  if not values:
+    return None
+  data = sorted(values)
+  pos = (len(data) - 1) * q / 100.0
+  lo, hi = int(math.floor(pos)), int(math.ceil(pos))
+  return float(data[lo] + (data[hi] - data[lo]) * (pos - lo))
+
+
+def ratio(a, b):
+  return a / b if a and b else None
+
+
+def _fmt(value, digits=None):
+  if value is None:
+    return "n/a"
+  if isinstance(value, bool):
+    return str(value).lower()
+  if isinstance(value, int):
+    return f"{value:,}"
+  if isinstance(value, float):
+    if digits is not None:
+      return f"{value:,.{digits}f}"
+    if abs(value) >= 100:
+      return f"{value:,.0f}"
+    if abs(value) >= 10:
+      return f"{value:.1f}"
+    return f"{value:.2f}"
+  return str(value)
+
+
+# (key, label, digits) rows of the table, in order; absent keys are skipped.
+TABLE_ROWS = [
+    ("prepare_s", "prepare Multi30k (s-prepare, auto:4 buckets), s", 1),
+    ("graph_build_s", "build training + inference graphs and init, s", 1),
+    ("train_tokens_per_s_bucketed", "training, target tokens/s, auto:4 buckets", 0),
+    ("train_tokens_per_s_padded", "training, target tokens/s, one max-length bucket", 0),
+    ("bucket_speedup", "bucket speedup (bucketed / padded)", 2),
+    ("padding_efficiency_bucketed", "padding efficiency, auto:4 buckets", 3),
+    ("padding_efficiency_padded", "padding efficiency, one bucket", 3),
+    ("flops_per_target_token", "model FLOPs per target token (training, analytic)", None),
+    ("achieved_gflops", "achieved model GFLOP/s (bucketed training)", 1),
+    ("mfu", "mfu (achieved / measured matmul peak)", 3),
+    ("train_peak_rss_mb", "training peak RSS, MB", 0),
+    ("decode_greedy_sent_per_s", "decoding greedy, sentences/s (batched)", 1),
+    ("decode_beam_sent_per_s", "decoding beam 5, sentences/s (batched)", 1),
+    ("interactive_p50_ms", "interactive greedy p50 / sentence, ms", 1),
+    ("interactive_p95_ms", "interactive greedy p95 / sentence, ms", 1),
+    ("interactive_beam_p50_ms", "interactive beam 5 p50 / sentence, ms", 1),
+    ("interactive_beam_p95_ms", "interactive beam 5 p95 / sentence, ms", 1),
+    ("decode_peak_rss_mb", "decoding peak RSS, MB", 0),
+    ("bleu_greedy", "BLEU greedy (sacreBLEU, test subset as decoded)", 2),
+    ("bleu_beam", "BLEU beam 5", 2),
+    ("peer_train_tokens_per_s", "OpenNMT-py training, target tokens/s", 0),
+    ("peer_train_speedup", "training speedup over OpenNMT-py", 2),
+    ("peer_decode_greedy_sent_per_s", "OpenNMT-py greedy, sentences/s", 1),
+    ("peer_decode_beam_sent_per_s", "OpenNMT-py beam 5, sentences/s", 1),
+    ("peer_decode_speedup_greedy", "greedy decoding speedup over OpenNMT-py", 2),
+    ("peer_decode_speedup", "beam-5 decoding speedup over OpenNMT-py", 2),
+    ("peer_train_peak_rss_mb", "OpenNMT-py training peak RSS, MB", 0),
+    ("peer_bleu_greedy", "OpenNMT-py BLEU greedy", 2),
+    ("peer_bleu_beam", "OpenNMT-py BLEU beam 5", 2),
+]
+
+
+def machine_line(results):
+  m = results.get("machine", {})
+  gflops = results.get("matmul_gflops")
+  parts = [m.get("cpu_model", "unknown CPU"), f"{m.get('cores', '?')} cores"]
+  if m.get("memory_gib"):
+    parts.append(f"{m['memory_gib']} GiB")
+  if gflops:
+    parts.append(f"fp32 matmul peak {gflops:,.1f} GFLOP/s")
+  if m.get("tensorflow"):
+    parts.append(f"TensorFlow {m['tensorflow']}")
+  if m.get("python"):
+    parts.append(f"Python {m['python']}")
+  if m.get("load_average") is not None:
+    parts.append(f"load average at start {m['load_average']:.2f}")
+  return "; ".join(parts)
+
+
+def _goal_text(key, value):
+  if key not in GOALS:
+    return ""
+  op, target = GOALS[key]
+  if value is None:
+    return f"{op} {target:g}"
+  met = value >= target if op == ">=" else value <= target
+  return f"{op} {target:g} ({'met' if met else 'missed'})"
+
+
+def markdown_table(results):
+  """The README table: a heading line with mode, date and machine, then figure | value | goal."""
+  lines = [f"Benchmark ({results.get('mode', '?')} mode, {results.get('date', '?')}; "
+           f"steps {results.get('steps', '?')}): {machine_line(results)}", "",
+           "| figure | value | goal |", "|---|---|---|"]
+  for key, label, digits in TABLE_ROWS:
+    if results.get(key) is None:
+      continue
+    lines.append(f"| {label} | {_fmt(results[key], digits)} | {_goal_text(key, results[key])} |")
+  return "\n".join(lines) + "\n"
+
+
+def write_json(results, path):
+  """Writes `results` as indented, key-sorted JSON (atomically)."""
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    json.dump(results, f, indent=1, sort_keys=True)
+    f.write("\n")
+  os.replace(path + ".tmp", path)
+
+
+def log(message):
+  print(f"[benchmark {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# --- subprocess plumbing --------------------------------------------------------------
+
+def run_measured(cmd, env=None, stdout=None, stderr=None, cwd=None):
+  """Runs cmd to completion; returns (exit status, wall seconds, peak RSS MB of it)."""
+  start = time.time()
+  proc = subprocess.Popen(cmd, env=env, stdout=stdout, stderr=stderr, cwd=cwd)
+  _, status, usage = os.wait4(proc.pid, 0)
+  proc.returncode = os.waitstatus_to_exitcode(status)
+  return proc.returncode, time.time() - start, usage.ru_maxrss / 1024.0  # KiB on Linux
+
+
+def run_worker(name, args, work_dir):
+  """Runs this script's worker `name` in a fresh Python; returns (result dict, peak RSS MB)."""
+  out = os.path.join(work_dir, f"worker-{name}.json")
+  if os.path.exists(out):
+    os.remove(out)
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  cmd = [sys.executable, os.path.abspath(__file__), "--worker", name,
+         "--worker_args", json.dumps(args), "--worker_out", out]
+  code, wall, rss = run_measured(cmd, env=env)
+  if code != 0 or not os.path.exists(out):
+    raise RuntimeError(f"worker {name} failed with exit status {code}")
+  with open(out, encoding="utf-8") as f:
+    result = json.load(f)
+  log(f"worker {name}: {wall:.1f}s, peak RSS {rss:.0f} MB")
+  return result, rss
+
+
+# --- workers: each runs in its own process ----------------------------------------------
+
+def _session(graph):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from seq2seq_buckets.trainer import session_config  # pylint: disable=g-import-not-at-top
+  return tf.compat.v1.Session(graph=graph, config=session_config())
+
+
+def worker_matmul(a):
+  """fp32 GFLOP/s of an n x n matmul through TensorFlow (best of reps, and median)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from seq2seq_buckets import graphs  # noqa: F401  (graph mode, as the project runs)
+  tf1 = tf.compat.v1
+  n = a["size"]
+  graph = tf.Graph()
+  with graph.as_default():
+    x = tf1.get_variable("x", [n, n], initializer=tf1.random_normal_initializer())
+    y = tf1.get_variable("y", [n, n], initializer=tf1.random_normal_initializer())
+    product = tf.matmul(x, y)
+    init = tf1.global_variables_initializer()
+  rates = []
+  with _session(graph) as session:
+    session.run(init)
+    session.run(product.op)  # first run: kernel selection, allocation
+    for _ in range(a["reps"]):
+      start = time.perf_counter()
+      session.run(product.op)
+      rates.append(2.0 * n ** 3 / (time.perf_counter() - start) / 1e9)
+  return {"matmul_gflops": max(rates), "matmul_gflops_median": median(rates),
+          "matmul_size": n, "tensorflow": tf.__version__}
+
+
+def _hparams(data_dir, overrides):
+  from seq2seq_buckets import hparams as hparams_lib  # pylint: disable=g-import-not-at-top
+  from seq2seq_buckets.manifest import read_manifest  # pylint: disable=g-import-not-at-top
+  manifest = read_manifest(data_dir)
+  values = dict(overrides)
+  values.update(src_vocab_size=manifest["vocab"]["source"]["size"],
+                tgt_vocab_size=manifest["vocab"]["target"]["size"],
+                buckets=[[b["source_length"], b["target_length"]] for b in manifest["buckets"]])
+  return hparams_lib.HParams.from_dict(values).check(), manifest
+
+
+def worker_speed(a):
+  """Graph build time, then interleaved training-speed repetitions, bucketed vs padded."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from seq2seq_buckets import graphs, shards  # pylint: disable=g-import-not-at-top
+  from seq2seq_buckets.sampler import BucketSampler  # pylint: disable=g-import-not-at-top
+  tf1 = tf.compat.v1
+
+  runs, out = {}, {}
+  for mode in ("bucketed", "padded"):
+    data_dir = a["data_dirs"][mode]
+    hp, manifest = _hparams(data_dir, a["overrides"])
+    start = time.perf_counter()
+    tg = graphs.build_training_graph(hp)
+    built = time.perf_counter()
+    with tg.graph.as_default():
+      nexts = []
+      for b, bucket in enumerate(manifest["buckets"]):
+        files = [os.path.join(data_dir, f) for f in bucket["shards"]]
+        if not files:
+          nexts.append(None)
+          continue
+        dataset = shards.bucket_dataset(files, tuple(hp.buckets[b]), hp.batch_size,
+                                        seed=hp.seed + b)
+        nexts.append(tf1.data.make_one_shot_iterator(dataset).get_next())
+    session = _session(tg.graph)
+    before_init = time.perf_counter()
+    session.run(tg.init)
+    initialized = time.perf_counter()
+    if mode == "bucketed":
+      out["train_graph_build_s"] = built - start
+      out["init_s"] = initialized - before_init
+      start = time.perf_counter()
+      graphs.build_inference_graph(hp)
+      out["inference_graph_build_s"] = time.perf_counter() - start
+      out["graph_build_s"] = (out["train_graph_build_s"] + out["init_s"] +
+                              out["inference_graph_build_s"])
+      out["buckets"] = hp.buckets
+      out["hparams"] = json.loads(hp.to_json())
+      out["trainable_parameters"] = int(sum(
+          np.prod(v.shape.as_list()) for v in tg.graph.get_collection("trainable_variables")))
+    sizes = [b["pairs"] for b in manifest["buckets"]]
+    runs[mode] = dict(hp=hp, tg=tg, session=session, nexts=nexts,
+                      sampler=BucketSampler(sizes, hp.seed), step=0,
+                      manifest_efficiency=manifest["padding_efficiency"])
+
+  def run_steps(run, count):
+    """count training steps as the trainer runs them (fetch batch, then update)."""
+    totals = dict(time=0.0, wait=0.0, tokens=0.0, slots=0.0, useful=0.0, executed=0.0)
+    hp_dict = json.loads(run["hp"].to_json())
+    for _ in range(count):
+      b = run["sampler"].draw(run["step"])
+      run["step"] += 1
+      bt = run["tg"].buckets[b]
+      t0 = time.perf_counter()
+      batch = run["session"].run(run["nexts"][b])
+      t1 = time.perf_counter()
+      _, _, tokens, _ = run["session"].run([bt.loss, bt.grad_norm, bt.tokens, bt.update],
+                                           dict(zip(bt.inputs, batch)))
+      t2 = time.perf_counter()
+      source_len, target_len = run["hp"].buckets[b]
+      lengths = batch.source_lengths
+      target_real = batch.target_weights.sum(axis=1)
+      totals["time"] += t2 - t0
+      totals["wait"] += t1 - t0
+      totals["tokens"] += float(tokens)
+      totals["slots"] += float(len(lengths) * target_len)
+      totals["useful"] += sum(training_flops(hp_dict, int(s), int(t))
+                              for s, t in zip(lengths, target_real))
+      totals["executed"] += len(lengths) * training_flops(hp_dict, source_len, target_len)
+    return totals
+
+  # Warm up: every bucket's update once (its first run builds executors), then a few steps.
+  for mode, run in runs.items():
+    start = time.perf_counter()
+    for b, bt in enumerate(run["tg"].buckets):
+      if run["nexts"][b] is not None:
+        batch = run["session"].run(run["nexts"][b])
+        run["session"].run(bt.update, dict(zip(bt.inputs, batch)))
+    run_steps(run, a["warmup_steps"])
+    out[f"warmup_{mode}_s"] = time.perf_counter() - start
+
+  reps = {mode: [] for mode in runs}
+  for r in range(a["reps"]):
+    order = ["bucketed", "padded"] if r % 2 == 0 else ["padded", "bucketed"]
+    for mode in order:
+      reps[mode].append(run_steps(runs[mode], a["steps"]))
+  for mode, totals in reps.items():
+    rates = [t["tokens"] / t["time"] for t in totals]
+    out[f"train_tokens_per_s_{mode}"] = median(rates)
+    out[f"train_tokens_per_s_{mode}_reps"] = rates
+    tokens = sum(t["tokens"] for t in totals)
+    seconds = sum(t["time"] for t in totals)
+    out[f"input_wait_{mode}"] = sum(t["wait"] for t in totals) / seconds
+    out[f"target_padding_efficiency_{mode}"] = tokens / sum(t["slots"] for t in totals)
+    out[f"padding_efficiency_{mode}"] = runs[mode]["manifest_efficiency"]
+    out[f"useful_flops_per_target_token_{mode}"] = sum(t["useful"] for t in totals) / tokens
+    out[f"executed_flops_per_target_token_{mode}"] = sum(t["executed"] for t in totals) / tokens
+    out[f"step_s_{mode}"] = seconds / (a["steps"] * a["reps"])
+  for run in runs.values():
+    run["session"].close()
+  return out
+
+
+def worker_train(a):
+  """The real trainer for a["steps"] steps (a fresh train_dir); returns its progress figures."""
+  from seq2seq_buckets import trainer  # pylint: disable=g-import-not-at-top
+  steps = a["steps"]
+  lines = []
+
+  def capture(message):
+    lines.append(message)
+    print(message, file=sys.stderr, flush=True)
+
+  every = max(1, min(100, steps // 5))
+  options = trainer.TrainOptions(max_steps=steps, max_time_minutes=0, steps_per_checkpoint=steps,
+                                 steps_per_bleu=0, steps_per_log=every, patience=0,
+                                 keep_checkpoints=1, dev_bleu_lines=0)
+  start = time.time()
+  trainer.train(data_dir=a["data_dir"], train_dir=a["train_dir"], overrides=a["overrides"],
+                options=options, log=capture)
+  rates = [float(m.group(1)) for m in (re.search(r"tok/s (\d+)", line) for line in lines) if m]
+  return {"trainer_wall_s": time.time() - start,
+          # the first window holds the first-run cost of each bucket; skip it when we can
+          "trainer_tokens_per_s": median(rates[1:] or rates)}
+
+
+def _read_lines(path, limit=0):
+  with open(path, encoding="utf-8") as f:
+    lines = [line.rstrip("\r\n") for line in f]
+  return lines[:limit] if limit else lines
+
+
+def worker_decode(a):
+  """Batched greedy and beam-5 sentences/s, interactive latency and BLEU on the test set."""
+  import sacrebleu  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from seq2seq_buckets import decoding, graphs, trainer, vocab  # pylint: disable=g-import-not-at-top
+  from seq2seq_buckets import hparams as hparams_lib  # pylint: disable=g-import-not-at-top
+
+  train_dir = a["train_dir"]
+  start = time.perf_counter()
+  hp = hparams_lib.load(train_dir)
+  src_spm = vocab.load_spm(os.path.join(train_dir, trainer.SRC_MODEL))
+  tgt_spm = vocab.load_spm(os.path.join(train_dir, trainer.TGT_MODEL))
+  ig = graphs.build_inference_graph(hp)
+  session = _session(ig.graph)
+  ig.saver.restore(session, tf.train.latest_checkpoint(train_dir))
+  out = {"decode_load_s": time.perf_counter() - start}
+  sources = _read_lines(a["src"], a["lines"])
+  refs = _read_lines(a["ref"], a["lines"])
+  batch_size = a["batch_size"]
+
+  def greedy(lines, batch):
+    ids, _ = decoding.greedy_ids(session, ig.greedy, hp.buckets, src_spm.encode(lines), batch)
+    return [tgt_spm.decode(i) for i in ids]
+
+  def beam(lines, batch):
+    found, _ = decoding.beam_search(session, ig, hp.buckets, src_spm.encode(lines), a["beam"],
+                                    batch)
+    return [tgt_spm.decode(h[0].ids) if h else "" for h in found]
+
+  # Warm up: one sentence per bucket through each decoder (first-run cost of each subgraph).
+  per_bucket = {}
+  for line, ids in zip(sources, src_spm.encode(sources)):
+    b = decoding.source_bucket(len(ids), hp.buckets)
+    per_bucket.setdefault(len(hp.buckets) - 1 if b is None else b, line)
+  warm = list(per_bucket.values())
+  greedy(warm, 1)
+  beam(warm, 1)
+
+  for name, fn in (("greedy", greedy), ("beam", beam)):
+    t0 = time.perf_counter()
+    hyps = fn(sources, batch_size)
+    seconds = time.perf_counter() - t0
+    out[f"decode_{name}_sent_per_s"] = len(sources) / seconds
+    out[f"bleu_{name}"] = sacrebleu.corpus_bleu(hyps, [refs]).score
+    out[f"decode_{name}_mean_output_pieces"] = (
+        sum(len(tgt_spm.encode(h)) for h in hyps) / max(len(hyps), 1))
+    latencies = []  # interactive: one sentence at a time, text in, text out
+    for line in sources[:a["interactive_lines"]]:
+      t0 = time.perf_counter()
+      fn([line], 1)
+      latencies.append(1000.0 * (time.perf_counter() - t0))
+    key = "interactive" if name == "greedy" else "interactive_beam"
+    out[f"{key}_p50_ms"] = percentile(latencies, 50)
+    out[f"{key}_p95_ms"] = percentile(latencies, 95)
+  out["decode_sentences"] = len(sources)
+  session.close()
+  return out
+
+
+WORKERS = {"matmul": worker_matmul, "speed": worker_speed, "train": worker_train,
+           "decode": worker_decode}
+
+
+# --- prepare ----------------------------------------------------------------------------
+
+def corpus_paths(data, src, tgt):
+  return {"train_src": os.path.join(data, f"train.{src}"),
+          "train_tgt": os.path.join(data, f"train.{tgt}"),
+          "dev_src": os.path.join(data, f"val.{src}"),
+          "dev_tgt": os.path.join(data, f"val.{tgt}"),
+          "test_src": os.path.join(data, f"{TEST_SET}.{src}"),
+          "test_tgt": os.path.join(data, f"{TEST_SET}.{tgt}")}
+
+
+def run_prepare(paths, out_dir, buckets, vocab_size, spm_models=None):
+  """`s2s-prepare` into a fresh out_dir; returns (wall seconds, its own reported seconds)."""
+  if os.path.exists(out_dir):
+    shutil.rmtree(out_dir)
+  cmd = [sys.executable, "-m", "seq2seq_buckets.cli.prepare",
+         f"--train_src={paths['train_src']}", f"--train_tgt={paths['train_tgt']}",
+         f"--dev_src={paths['dev_src']}", f"--dev_tgt={paths['dev_tgt']}",
+         f"--out_dir={out_dir}", f"--buckets={buckets}",
+         f"--src_vocab_size={vocab_size}", f"--tgt_vocab_size={vocab_size}"]
+  if spm_models:
+    cmd += [f"--src_spm_model={spm_models[0]}", f"--tgt_spm_model={spm_models[1]}"]
+  logfile = out_dir + ".log"
+  with open(logfile, "w", encoding="utf-8") as f:
+    code, wall, _ = run_measured(cmd, stdout=f, stderr=subprocess.STDOUT)
+  text = open(logfile, encoding="utf-8").read()
+  if code != 0:
+    raise RuntimeError(f"s2s-prepare failed ({code}):\n{text}")
+  found = re.search(r"prepared .* in ([\d.]+)s", text)
+  return wall, float(found.group(1)) if found else None
+
+
+# --- the peer: OpenNMT-py ---------------------------------------------------------------
+
+def peer_setup(venv):
+  code, wall, _ = run_measured(["bash", PEER_SETUP, venv])
+  if code != 0:
+    raise RuntimeError(f"{PEER_SETUP} failed with exit status {code}")
+  log(f"peer venv ready in {wall:.0f}s: {venv}")
+
+
+def write_pieces(spm_path, src_path, dst_path, limit=0):
+  """Text -> space-joined SentencePiece pieces, one line per line."""
+  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+  model = spm.SentencePieceProcessor(model_file=spm_path)
+  lines = _read_lines(src_path, limit)
+  with open(dst_path, "w", encoding="utf-8") as f:
+    for pieces in model.encode(lines, out_type=str):
+      f.write(" ".join(pieces) + "\n")
+  return len(lines)
+
+
+def peer_config(hp, buckets, peer_dir, steps, report_every):
+  """The onmt yaml (as a dict) for the same architecture and data as ours."""
+  return {
+      "save_data": os.path.join(peer_dir, "run"),
+      "src_vocab": os.path.join(peer_dir, "vocab.src"),
+      "tgt_vocab": os.path.join(peer_dir, "vocab.tgt"),
+      "src_vocab_size": hp["src_vocab_size"] + 100,  # keep every piece (onmt adds specials)
+      "tgt_vocab_size": hp["tgt_vocab_size"] + 100,
+      "overwrite": True,
+      "data": {
+          "corpus_1": {"path_src": os.path.join(peer_dir, "train.src"),
+                       "path_tgt": os.path.join(peer_dir, "train.tgt"),
+                       "transforms": ["filtertoolong"]},
+          "valid": {"path_src": os.path.join(peer_dir, "valid.src"),
+                    "path_tgt": os.path.join(peer_dir, "valid.tgt"),
+                    "transforms": ["filtertoolong"]},
+      },
+      # the same pairs as our largest bucket keeps: s <= I, t + 1 <= O (onmt counts BOS+EOS)
+      "src_seq_length": max(b[0] for b in buckets),
+      "tgt_seq_length": max(b[1] for b in buckets) + 1,
+      "encoder_type": "brnn" if hp["bidirectional_encoder"] else "rnn",
+      "decoder_type": "rnn",
+      "rnn_type": hp["cell"].upper(),
+      "layers": hp["num_layers"],
+      "hidden_size": hp["size"],
+      "word_vec_size": hp["embedding_size"],
+      "global_attention": "mlp" if hp["attention"] == "bahdanau" else "general",
+      "input_feed": 1 if hp["input_feeding"] else 0,
+      "dropout": [hp["dropout"]],
+      "optim": hp["optimizer"],
+      "learning_rate": hp["learning_rate"],
+      "max_grad_norm": hp["max_gradient_norm"],
+      "batch_size": hp["batch_size"],
+      "batch_type": "sents",
+      "valid_batch_size": hp["batch_size"],
+      "seed": hp["seed"],
+      "train_steps": steps,
+      "valid_steps": steps + 1,  # no validation inside the timed run
+      "save_checkpoint_steps": steps,
+      "save_model": os.path.join(peer_dir, "model"),
+      "report_every": report_every,
+      "num_workers": 0,
+      "bucket_size": 29000,
+      "param_init": 0.1,
+      "log_file": os.path.join(peer_dir, "train.log"),
+  }
+
+
+def write_yaml(config, path):
+  """A small YAML writer for the flat/nested dict above (no PyYAML needed here)."""
+  def scalar(v):
+    if isinstance(v, bool):
+      return "true" if v else "false"
+    if isinstance(v, (int, float)):
+      return repr(v)
+    return json.dumps(str(v))
+
+  def emit(d, indent):
+    out = []
+    for k, v in d.items():
+      if isinstance(v, dict):
+        out.append(" " * indent + f"{k}:")
+        out.extend(emit(v, indent + 2))
+      elif isinstance(v, list):
+        out.append(" " * indent + f"{k}: [{', '.join(scalar(x) for x in v)}]")
+      else:
+        out.append(" " * indent + f"{k}: {scalar(v)}")
+    return out
+
+  with open(path, "w", encoding="utf-8") as f:
+    f.write("\n".join(emit(config, 0)) + "\n")
+
+
+# One onmt report line: "Step 50/ 4000; acc: ...; 1234/ 1456 tok/s;     12 sec"
+PEER_STEP = re.compile(r"Step\s+(\d+)/\s*\d+;.*?([\d.]+)/\s*([\d.]+) tok/s;\s*([\d.]+) sec")
+PEER_AVG_MS = re.compile(r"Average translation time \(ms\): ([\d.]+)")
+
+
+def parse_peer_train_log(text):
+  """[(step, src tok/s, tgt tok/s, seconds since start)] from onmt_train's report lines."""
+  return [(int(m.group(1)), float(m.group(2)), float(m.group(3)), float(m.group(4)))
+          for m in PEER_STEP.finditer(text)]
+
+
+def run_peer(args, settings, hp, buckets, data_dir, paths, work, ours):
+  """Trains and decodes with OpenNMT-py; returns the peer_* figures."""
+  import sacrebleu  # pylint: disable=g-import-not-at-top
+  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+  venv = args.peer_venv
+  peer_setup(venv)
+  peer_dir = os.path.join(work, "peer")
+  if os.path.exists(peer_dir):
+    shutil.rmtree(peer_dir)
+  os.makedirs(peer_dir)
+  manifest = json.load(open(os.path.join(data_dir, "manifest.json"), encoding="utf-8"))
+  src_model = os.path.join(data_dir, manifest["vocab"]["source"]["model"])
+  tgt_model = os.path.join(data_dir, manifest["vocab"]["target"]["model"])
+  write_pieces(src_model, paths["train_src"], os.path.join(peer_dir, "train.src"))
+  write_pieces(tgt_model, paths["train_tgt"], os.path.join(peer_dir, "train.tgt"))
+  write_pieces(src_model, paths["dev_src"], os.path.join(peer_dir, "valid.src"))
+  write_pieces(tgt_model, paths["dev_tgt"], os.path.join(peer_dir, "valid.tgt"))
+  lines = write_pieces(src_model, paths["test_src"], os.path.join(peer_dir, "test.src"),
+                       settings["test_lines"])
+  refs = _read_lines(paths["test_tgt"], settings["test_lines"])
+  steps = settings["steps"]
+  report_every = max(1, min(50, steps // 6))
+  config = os.path.join(peer_dir, "config.yaml")
+  write_yaml(peer_config(hp, buckets, peer_dir, steps, report_every), config)
+  env = dict(os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
+  bin_ = os.path.join(venv, "bin")
+  out = {}
+
+  def onmt(tool, extra, logname):
+    path = os.path.join(peer_dir, logname)
+    with open(path, "w", encoding="utf-8") as f:
+      code, wall, rss = run_measured([os.path.join(bin_, tool)] + extra, env=env, stdout=f,
+                                     stderr=subprocess.STDOUT, cwd=peer_dir)
+    text = open(path, encoding="utf-8").read()
+    if code != 0:
+      raise RuntimeError(f"{tool} failed ({code}); last lines:\n" + "\n".join(
+          text.splitlines()[-15:]))
+    return text, wall, rss
+
+  onmt("onmt_build_vocab", ["-config", config, "-n_sample", "-1"], "build_vocab.log")
+  log(f"peer: training {steps} steps")
+  text, wall, rss = onmt("onmt_train", ["-config", config], "train.stdout.log")
+  reports = parse_peer_train_log(text)
+  # Windows between reports: target tokens/s of each (onmt resets its counters per report).
+  rates = [r[2] for r in reports]
+  out["peer_train_tokens_per_s"] = median(rates[1:] or rates)
+  out["peer_train_tokens_per_s_reports"] = rates
+  out["peer_train_wall_s"] = wall
+  out["peer_train_peak_rss_mb"] = rss
+  checkpoint = os.path.join(peer_dir, f"model_step_{steps}.pt")
+  tgt_spm = spm.SentencePieceProcessor(model_file=tgt_model)
+  for name, beam in (("greedy", 1), ("beam", settings["beam"])):
+    hyp_path = os.path.join(peer_dir, f"test.{name}.pieces")
+    text, wall, rss = onmt("onmt_translate", [
+        "-model", checkpoint, "-src", os.path.join(peer_dir, "test.src"), "-output", hyp_path,
+        "-beam_size", str(beam), "-batch_size", str(settings["batch_size"]),
+        "-batch_type", "sents", "-gpu", "-1", "-report_time", "-max_length",
+        str(max(b[1] for b in buckets))], f"translate.{name}.log")
+    found = PEER_AVG_MS.search(text)  # its translation loop, model loading excluded
+    out[f"peer_decode_{name}_sent_per_s"] = 1000.0 / float(found.group(1)) if found else \
+        lines / wall
+    out[f"peer_decode_{name}_wall_s"] = wall
+    out["peer_decode_peak_rss_mb"] = max(out.get("peer_decode_peak_rss_mb", 0), rss)
+    hyps = [tgt_spm.decode(line.split()) for line in _read_lines(hyp_path)]
+    out[f"peer_bleu_{name}"] = sacrebleu.corpus_bleu(hyps, [refs]).score
+  out["peer_train_speedup"] = ratio(ours.get("train_tokens_per_s_bucketed"),
+                                    out["peer_train_tokens_per_s"])
+  out["peer_train_speedup_trainer"] = ratio(ours.get("trainer_tokens_per_s"),
+                                            out["peer_train_tokens_per_s"])
+  out["peer_decode_speedup_greedy"] = ratio(ours.get("decode_greedy_sent_per_s"),
+                                            out["peer_decode_greedy_sent_per_s"])
+  out["peer_decode_speedup"] = ratio(ours.get("decode_beam_sent_per_s"),
+                                     out["peer_decode_beam_sent_per_s"])
+  return out
+
+
+# --- the run ----------------------------------------------------------------------------
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(
+      description=__doc__.split("\n\n")[0],
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+      epilog="Numbers from a loaded machine are noisy: the table records the load average.")
+  parser.add_argument("--quick", action="store_true",
+                      help="few steps and a test subset; finishes in under 3 minutes")
+  parser.add_argument("--peer", action="store_true",
+                      help="also set up, train and decode OpenNMT-py 3.5.1 (see docs PEER.md)")
+  parser.add_argument("--data", default=DEFAULT_DATA, help="Multi30k raw text directory")
+  parser.add_argument("--src", default="en")
+  parser.add_argument("--tgt", default="de")
+  parser.add_argument("--work_dir", default=None,
+                      help="scratch directory (prepared data, models); default: a temp dir")
+  parser.add_argument("--keep_work_dir", action="store_true",
+                      help="do not delete the scratch directory at the end")
+  parser.add_argument("--json", default=os.path.join(REPO, "benchmark.json"),
+                      help="where to write the results")
+  parser.add_argument("--peer_venv", default=DEFAULT_PEER_VENV,
+                      help="virtualenv for OpenNMT-py (created by scripts/peer/setup_peer.sh)")
+  parser.add_argument("--buckets", default="auto:4", help="buckets of the bucketed mode")
+  parser.add_argument("--vocab_size", type=int, default=8000)
+  parser.add_argument("--hparams", default="{}",
+                      help="JSON of hyperparameter overrides (default: the reference model)")
+  parser.add_argument("--beam", type=int, default=5)
+  parser.add_argument("--batch_size", type=int, default=64, help="decoding batch size")
+  for key, value in MODES["full"].items():
+    parser.add_argument(f"--{key}", type=int, default=None,
+                        help=f"(full {value}, quick {MODES['quick'][key]})")
+  parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
+  parser.add_argument("--worker_args", help=argparse.SUPPRESS)
+  parser.add_argument("--worker_out", help=argparse.SUPPRESS)
+  return parser.parse_args(argv)
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  if args.worker:
+    result = WORKERS[args.worker](json.loads(args.worker_args))
+    write_json(result, args.worker_out)
+    return 0
+
+  mode = "quick" if args.quick else "full"
+  settings = {k: (getattr(args, k) if getattr(args, k) is not None else v)
+              for k, v in MODES[mode].items()}
+  settings.update(beam=args.beam, batch_size=args.batch_size)
+  overrides = json.loads(args.hparams)
+  paths = corpus_paths(args.data, args.src, args.tgt)
+  for path in paths.values():
+    if not os.path.isfile(path):
+      print(f"error: {path}: no such file (see --data)", file=sys.stderr)
+      return 2
+  work = args.work_dir or tempfile.mkdtemp(prefix="s2s_benchmark_")
+  os.makedirs(work, exist_ok=True)
+  started = time.time()
+  results = {
+      "mode": mode, "steps": settings["steps"], "settings": settings,
+      "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+      "machine": {"cpu_model": cpu_model(), "cores": os.cpu_count(), "memory_gib": memory_gib(),
+                  "python": platform.python_version(), "load_average": os.getloadavg()[0]},
+  }
+  try:
+    log(f"{mode} mode, work dir {work}, load average {os.getloadavg()[0]:.2f}")
+    matmul, _ = run_worker("matmul", {"size": settings["matmul_size"],
+                                      "reps": settings["matmul_reps"]}, work)
+    results["machine"]["tensorflow"] = matmul.pop("tensorflow")
+    results.update(matmul)
+    log(f"matmul peak {results['matmul_gflops']:.1f} GFLOP/s")
+
+    bucketed_dir = os.path.join(work, "data_bucketed")
+    padded_dir = os.path.join(work, "data_padded")
+    results["prepare_s"], results["prepare_internal_s"] = run_prepare(
+        paths, bucketed_dir, args.buckets, args.vocab_size)
+    manifest = json.load(open(os.path.join(bucketed_dir, "manifest.json"), encoding="utf-8"))
+    largest = manifest["buckets"][-1]
+    single = f"{largest['source_length']},{largest['target_length']}"
+    spm_models = [os.path.join(bucketed_dir, manifest["vocab"][side]["model"])
+                  for side in ("source", "target")]
+    results["prepare_padded_s"], _ = run_prepare(paths, padded_dir, single, args.vocab_size,
+                                                 spm_models)
+    log(f"prepare {results['prepare_s']:.1f}s (wall, incl. Python and imports)")
+
+    speed, _ = run_worker("speed", {
+        "data_dirs": {"bucketed": bucketed_dir, "padded": padded_dir}, "overrides": overrides,
+        "steps": settings["speed_steps"], "reps": settings["speed_reps"],
+        "warmup_steps": settings["warmup_steps"]}, work)
+    results.update(speed)
+    results["bucket_speedup"] = ratio(results["train_tokens_per_s_bucketed"],
+                                      results["train_tokens_per_s_padded"])
+    results["flops_per_target_token"] = results["useful_flops_per_target_token_bucketed"]
+    results["achieved_gflops"] = (results["train_tokens_per_s_bucketed"] *
+                                  results["flops_per_target_token"] / 1e9)
+    results["mfu"] = results["achieved_gflops"] / results["matmul_gflops"]
+    # hardware utilisation: FLOPs executed including padded positions
+    results["mfu_executed_bucketed"] = (results["train_tokens_per_s_bucketed"] *
+                                        results["executed_flops_per_target_token_bucketed"] /
+                                        1e9 / results["matmul_gflops"])
+    results["mfu_executed_padded"] = (results["train_tokens_per_s_padded"] *
+                                      results["executed_flops_per_target_token_padded"] /
+                                      1e9 / results["matmul_gflops"])
+    log(f"training {results['train_tokens_per_s_bucketed']:.0f} vs "
+        f"{results['train_tokens_per_s_padded']:.0f} tok/s: bucket speedup "
+        f"{results['bucket_speedup']:.2f}, mfu {results['mfu']:.3f}")
+
+    train_dir = os.path.join(work, "train")
+    if os.path.exists(train_dir):
+      shutil.rmtree(train_dir)
+    trained, rss = run_worker("train", {"data_dir": bucketed_dir, "train_dir": train_dir,
+                                        "overrides": overrides, "steps": settings["steps"]},
+                              work)
+    results.update(trained)
+    results["train_peak_rss_mb"] = rss
+
+    decoded, rss = run_worker("decode", {
+        "train_dir": train_dir, "src": paths["test_src"], "ref": paths["test_tgt"],
+        "lines": settings["test_lines"], "interactive_lines": settings["interactive_lines"],
+        "batch_size": settings["batch_size"], "beam": settings["beam"]}, work)
+    results.update(decoded)
+    results["decode_peak_rss_mb"] = rss
+
+    if args.peer:
+      results.update(run_peer(args, settings, results["hparams"], results["buckets"],
+                              bucketed_dir, paths, work, results))
+  finally:
+    results["benchmark_wall_s"] = time.time() - started
+    write_json(results, args.json)
+    if not args.work_dir and not args.keep_work_dir:
+      shutil.rmtree(work, ignore_errors=True)
+  log(f"wrote {args.json} ({results['benchmark_wall_s']:.0f}s)")
+  print(markdown_table(results))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
