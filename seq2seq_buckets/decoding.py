@@ -1,177 +1,260 @@
-"""Translating text with a restored model: bucketing, greedy and beam search, detokenizing.
+"""Decoding with an inference graph: bucketed batches, greedy and beam search.
 
-Inputs are encoded with SentencePiece, grouped by the smallest bucket their
-source fits (too-long inputs are cut to the largest bucket and reported),
-decoded in batches and written back in input order.
+Shapes: n sentences in a batch, k beam size, N decoder rows (N = n * k in beam
+search, the k beams of a sentence adjacent), I source bucket length, H hidden
+size, V target vocabulary. A source is a list of piece ids; an output is a list
+of piece ids without EOS.
+
+Every non-empty source is decoded in the smallest bucket its source fits
+(buckets.bucket_index with no target); a source longer than the largest bucket
+is cut to it and reported. Within a bucket sources are sorted by length and cut
+into batches; results come back in input order. An empty source gives an empty
+output without running the model.
 """
 
 import collections
 
 import numpy as np
+import tensorflow as tf
 
 from seq2seq_buckets.batches import pad_batch
+from seq2seq_buckets.buckets import bucket_index, truncate_to
 from seq2seq_buckets.vocab import EOS_ID, GO_ID
 
-# A decoded line: text, the output piece ids, the model score (sum of log-probs, or
-# None for greedy) and, with n-best, more Hypothesis entries.
-Hypothesis = collections.namedtuple("Hypothesis", ["text", "ids", "score"])
+# ids: output pieces without EOS; score: summed log-probs (of EOS too, when the
+# hypothesis ended with it) divided by the GNMT length penalty; None from greedy.
+Hypothesis = collections.namedtuple("Hypothesis", ["ids", "score"])
+# bucket: bucket index; indices: positions of its sources in the input.
+Batch = collections.namedtuple("Batch", ["bucket", "indices"])
+# batches: list of Batch; sources: the input with too-long sources cut to the
+# largest bucket; truncated: indices of those sources.
+Plan = collections.namedtuple("Plan", ["batches", "sources", "truncated"])
+# Encoder results for N rows: memory, keys [N, I, H] float32; source_lengths [N] int32.
+Encoded = collections.namedtuple("Encoded", ["memory", "keys", "source_lengths"])
+# Decoder recurrence for N rows: output [N, H] float32 (the previous attentional
+# output), states: list of [N, H] float32 (graphs.StepOps order).
+Recurrent = collections.namedtuple("Recurrent", ["output", "states"])
+# The likeliest next pieces of each step-graph row; see add_top_k.
+TopK = collections.namedtuple("TopK", ["count", "log_probs", "ids"])
+
+# Output pieces allowed beyond max_length_ratio * source pieces (short inputs).
+LENGTH_SLACK = 5
 
 
-def source_bucket(length, buckets):
-  """Index of the smallest bucket whose source side holds `length` pieces, or None."""
-  for i, (source_len, _) in enumerate(buckets):
-    if length <= source_len:
-      return i
-  return None
+def plan_batches(sources, buckets, batch_size):
+  """Groups non-empty sources by bucket, sorted by length, in batches of <= batch_size.
 
-
-def group_by_bucket(sources, buckets):
-  """sources: list of id lists -> ({bucket: [line indices]}, [indices that were truncated]).
-
-  A source longer than the largest bucket is cut to it in place.
+  sources: list of id lists; buckets: [(I, O), ...] increasing -> Plan. Empty
+  sources are in no batch.
   """
-  groups, truncated = collections.defaultdict(list), []
+  fitted, truncated = [], []
+  groups = collections.defaultdict(list)
   for index, ids in enumerate(sources):
-    b = source_bucket(len(ids), buckets)
+    ids = list(ids)
+    b = bucket_index(len(ids), 0, buckets)
     if b is None:
       b = len(buckets) - 1
-      sources[index] = ids[:buckets[b][0]]
+      ids = ids[:truncate_to(len(ids), 0, buckets[b])[0]]
       truncated.append(index)
-    groups[b].append(index)
-  return groups, truncated
+    fitted.append(ids)
+    if ids:
+      groups[b].append(index)
+  batches = []
+  for b in sorted(groups):
+    ordered = sorted(groups[b], key=lambda i: len(fitted[i]))
+    batches += [Batch(b, ordered[start:start + batch_size])
+                for start in range(0, len(ordered), batch_size)]
+  return Plan(batches, fitted, truncated)
+
+
+def output_limit(source_len, target_len, max_length_ratio):
+  """Most output pieces (EOS not counted) for source_len source pieces in a bucket with O = target_len.
+
+  max_length_ratio * source_len + LENGTH_SLACK, at most O - 1 (the bucket rule
+  keeps a decoder slot for EOS) and at least 1.
+  """
+  return max(1, min(target_len - 1, int(max_length_ratio * source_len) + LENGTH_SLACK))
 
 
 def cut_at_eos(ids):
+  """ids [T] -> list of the ids before the first EOS (all of them without one)."""
   ids = list(ids)
   return ids[:ids.index(EOS_ID)] if EOS_ID in ids else ids
 
 
-def output_limit(source_len, target_len, max_length_ratio):
-  """Most output pieces for a source of source_len pieces in a bucket with O = target_len."""
-  return max(1, min(target_len - 1, int(max_length_ratio * source_len) + 5))
+def greedy_ids(session, greedy_ops, buckets, sources, batch_size, max_length_ratio=2.0):
+  """Greedy outputs for every source, in input order, through per-bucket unrolled graphs.
 
-
-def greedy_ids(session, greedy_ops, buckets, sources, batch_size, max_length_ratio=2.0,
-               feed=None):
-  """Greedy output ids (EOS removed) for every source id list, in input order.
-
-  greedy_ops: per bucket an object with encoder_inputs, source_lengths and ids
-  tensors. Returns (outputs, indices of truncated inputs).
+  greedy_ops: per bucket a graphs.GreedyOps (ids [B, O] int32). Returns (list of
+  output id lists, indices of truncated sources).
   """
-  sources = [list(s) for s in sources]
-  groups, truncated = group_by_bucket(sources, buckets)
-  outputs = [None] * len(sources)
-  for b, indices in groups.items():
-    ops = greedy_ops[b]
-    # sort by length inside the bucket so batches hold similar sentences
-    indices = sorted(indices, key=lambda i: len(sources[i]))
-    for start in range(0, len(indices), batch_size):
-      chunk = indices[start:start + batch_size]
-      batch = pad_batch([sources[i] for i in chunk], [[]] * len(chunk), buckets[b])
-      feed_dict = {ops.encoder_inputs: batch.encoder_inputs,
-                   ops.source_lengths: batch.source_lengths}
-      feed_dict.update(feed or {})
-      ids = session.run(ops.ids, feed_dict)
-      for row, i in enumerate(chunk):
-        limit = output_limit(len(sources[i]), buckets[b][1], max_length_ratio)
-        outputs[i] = cut_at_eos(ids[row])[:limit]
-  return outputs, truncated
+  plan = plan_batches(sources, buckets, batch_size)
+  outputs = [[] for _ in plan.sources]
+  for batch in plan.batches:
+    ops, bucket = greedy_ops[batch.bucket], buckets[batch.bucket]
+    chunk = [plan.sources[i] for i in batch.indices]
+    padded = pad_batch(chunk, [[]] * len(chunk), bucket)
+    ids = session.run(ops.ids, {ops.encoder_inputs: padded.encoder_inputs,
+                                ops.source_lengths: padded.source_lengths})
+    for row, i in enumerate(batch.indices):
+      outputs[i] = cut_at_eos(ids[row, :output_limit(len(chunk[row]), bucket[1], max_length_ratio)])
+  return outputs, plan.truncated
 
 
-def beam_search(session, graph, buckets, sources, beam_size, batch_size, length_penalty=0.0,
-                n_best=1, max_length_ratio=2.0):
-  """Beam search through the per-bucket encoder and the one-step decoder.
+def add_top_k(graph):
+  """Adds per-row best next pieces to graph's step ops (before graph.graph.finalize()).
 
-  Returns (per source a list of n_best Hypothesis(text=None, ids, score) best
-  first, indices of truncated inputs). Finished hypotheses (EOS) leave the beam
-  and are kept; the rest go on until the output limit. Scores are log-probs
-  normalised by the GNMT length penalty ((5 + len) / 6) ** alpha when alpha > 0.
+  graph: graphs.InferenceGraph -> TopK(count [] int32 placeholder, log_probs [N, count]
+  float32 descending, ids [N, count] int32), so beam search fetches 2k numbers a row
+  instead of V.
   """
-  sources = [list(s) for s in sources]
-  groups, truncated = group_by_bucket(sources, buckets)
-  results = [None] * len(sources)
-  for b, indices in groups.items():
-    indices = sorted(indices, key=lambda i: len(sources[i]))
-    for start in range(0, len(indices), batch_size):
-      chunk = indices[start:start + batch_size]
-      found = _beam_batch(session, graph, b, buckets[b], [sources[i] for i in chunk],
-                          beam_size, length_penalty, n_best, max_length_ratio)
-      for i, hyps in zip(chunk, found):
-        results[i] = hyps
-  return results, truncated
+  with graph.graph.as_default(), tf.name_scope("step_top_k"):
+    count = tf.compat.v1.placeholder(tf.int32, [], "count")
+    log_probs, ids = tf.math.top_k(graph.step.log_probs, count)
+  return TopK(count, log_probs, ids)
 
 
-def _penalty(length, alpha):
-  return ((5.0 + length) / 6.0) ** alpha if alpha > 0 else 1.0
+class StepDecoder:
+  """Bucket b's encoder and the shared one-step decoder of a graphs.InferenceGraph."""
+
+  def __init__(self, session, graph, top_k, b, bucket):
+    self.session, self.bucket, self.top_k = session, bucket, top_k
+    self.encoder, self.step_ops = graph.encoders[b], graph.step
+
+  def encode(self, sources):
+    """sources: n id lists that fit the bucket -> (Encoded, Recurrent), n rows each."""
+    padded = pad_batch(sources, [[]] * len(sources), self.bucket)
+    enc = self.encoder
+    memory, keys, states, output = self.session.run(
+        [enc.memory, enc.keys, enc.states, enc.output],
+        {enc.encoder_inputs: padded.encoder_inputs, enc.source_lengths: padded.source_lengths})
+    return Encoded(memory, keys, padded.source_lengths), Recurrent(output, states)
+
+  def step(self, encoded, recurrent, tokens, count):
+    """tokens [N] int32 (the previous output pieces) -> (log_probs [N, c] float32
+    descending, ids [N, c] int32 of the c = min(count, V) likeliest next pieces, Recurrent)."""
+    ops, top = self.step_ops, self.top_k
+    feed = {ops.tokens: tokens, ops.output: recurrent.output, ops.memory: encoded.memory,
+            ops.keys: encoded.keys, ops.source_lengths: encoded.source_lengths,
+            top.count: min(count, self.step_ops.log_probs.shape[1])}
+    feed.update(zip(ops.states, recurrent.states))
+    log_probs, ids, output, states = self.session.run(
+        [top.log_probs, top.ids, ops.new_output, ops.new_states], feed)
+    return log_probs, ids, Recurrent(output, states)
 
 
-def _beam_batch(session, graph, b, bucket, sources, k, alpha, n_best, max_length_ratio):
-  enc = graph.encoders[b]
-  step = graph.step
-  batch = pad_batch(sources, [[]] * len(sources), bucket)
-  memory, keys, states, output = session.run(
-      [enc.memory, enc.keys, enc.states, enc.output],
-      {enc.encoder_inputs: batch.encoder_inputs, enc.source_lengths: batch.source_lengths})
-  n = len(sources)
-  tile = lambda x: np.repeat(x, k, axis=0)  # [n, ...] -> [n*k, ...], beams of a sentence adjacent
-  memory, keys, lengths = tile(memory), tile(keys), tile(batch.source_lengths)
-  states, output = [tile(s) for s in states], tile(output)
+def take_rows(arrays, rows):
+  """arrays: Encoded or Recurrent (fields [N, ...] arrays or lists of them) -> rows `rows` [N']."""
+  return type(arrays)(*[[a[rows] for a in field] if isinstance(field, list) else field[rows]
+                        for field in arrays])
+
+
+def beam_search(session, graph, top_k, buckets, sources, beam_size, batch_size,
+                length_penalty=0.0, n_best=1, max_length_ratio=2.0):
+  """Beam search for every source through the per-bucket encoders and the step graph.
+
+  graph: graphs.InferenceGraph; top_k: add_top_k(graph); batch_size counts sentences (a session.run holds
+  up to batch_size * beam_size rows). Returns (per source its n_best best
+  Hypothesis, best first ([Hypothesis([], 0.0)] for an empty source), indices
+  of truncated sources).
+  """
+  plan = plan_batches(sources, buckets, batch_size)
+  results = [[Hypothesis([], 0.0)] for _ in plan.sources]
+  for batch in plan.batches:
+    bucket = buckets[batch.bucket]
+    chunk = [plan.sources[i] for i in batch.indices]
+    limits = [output_limit(len(s), bucket[1], max_length_ratio) for s in chunk]
+    found = search_batch(StepDecoder(session, graph, top_k, batch.bucket, bucket), chunk, limits,
+                         beam_size, length_penalty, n_best)
+    for i, hypotheses in zip(batch.indices, found):
+      results[i] = hypotheses
+  return results, plan.truncated
+
+
+def length_penalty_factor(length, alpha):
+  """GNMT length penalty ((5 + length) / 6) ** alpha; length [...] counts EOS."""
+  return ((5.0 + np.asarray(length, np.float64)) / 6.0) ** alpha
+
+
+def search_batch(decoder, sources, limits, beam_size, alpha, n_best):
+  """Beam search for one batch of sentences, all at once.
+
+  decoder: like StepDecoder, encode(sources) -> (Encoded, Recurrent) with n rows
+  and step(Encoded, Recurrent, tokens [N], count) -> (log_probs [N, c], ids
+  [N, c], Recurrent) for the c <= count likeliest next pieces of each row. limits: per sentence the most output pieces. Each step extends
+  every live beam, ranks the 2k best candidates of a sentence, moves those that
+  end (EOS, or the limit reached) and rank above the k-th live one to the
+  sentence's finished list, and keeps the k best others live. A sentence stops
+  when its n_best-th finished score beats what any live beam can still reach;
+  stopped sentences leave the batch, so later steps run fewer rows.
+  Returns per sentence its n_best best Hypothesis, best first.
+  """
+  k, n = beam_size, len(sources)
+  limits = np.asarray(limits)
+  encoded, recurrent = decoder.encode(sources)
+  tiled = np.repeat(np.arange(n), k)
+  encoded, recurrent = take_rows(encoded, tiled), take_rows(recurrent, tiled)
+  active = np.arange(n)  # the sentence of each batch slot
+  scores = np.full([n, k], -np.inf)  # summed log-probs of live beams, float64
+  scores[:, 0] = 0.0  # one live beam at the start
+  paths = np.zeros([n, k, 0], np.int32)
   tokens = np.full([n * k], GO_ID, np.int32)
-  scores = np.full([n, k], -np.inf, np.float32)
-  scores[:, 0] = 0.0  # only one live beam at the start
-  history = [[[] for _ in range(k)] for _ in range(n)]
   finished = [[] for _ in range(n)]
-  limits = [output_limit(len(s), bucket[1], max_length_ratio) for s in sources]
-  done = [False] * n
-  for t in range(max(limits)):
-    feed = {step.tokens: tokens, step.output: output, step.memory: memory, step.keys: keys,
-            step.source_lengths: lengths}
-    feed.update(zip(step.states, states))
-    log_probs, output, states = session.run([step.log_probs, step.new_output, step.new_states], feed)
-    vocab = log_probs.shape[1]
-    total = (scores.reshape(-1, 1) + log_probs).reshape(n, k * vocab)
-    best = np.argpartition(-total, 2 * k, axis=1)[:, :2 * k]
-    order = np.take_along_axis(total, best, 1).argsort(axis=1)[:, ::-1]
-    best = np.take_along_axis(best, order, 1)
-    new_tokens = np.zeros([n, k], np.int32)
-    new_parent = np.zeros([n, k], np.int64)
-    new_scores = np.full([n, k], -np.inf, np.float32)
-    new_history = [[[] for _ in range(k)] for _ in range(n)]
-    for s in range(n):
-      live = 0
-      for flat in best[s]:
-        if live == k or done[s]:
-          break
-        parent, token = divmod(int(flat), vocab)
-        score = total[s, flat]
-        if not np.isfinite(score):
-          break
-        path = history[s][parent] + [token]
-        if token == EOS_ID or t + 1 == limits[s]:
-          ids = path[:-1] if token == EOS_ID else path
-          finished[s].append((score / _penalty(len(path), alpha), score, ids))
-          continue
-        new_tokens[s, live], new_parent[s, live], new_scores[s, live] = token, parent, score
-        new_history[s][live] = path
-        live += 1
-      # a sentence is done when its best finished hypothesis beats every live one
-      if finished[s] and not done[s]:
-        best_done = max(f[0] for f in finished[s])
-        # live scores only fall; with a length penalty the best they can reach is
-        # today's score under the longest allowed length's penalty
-        best_live = new_scores[s].max() / _penalty(limits[s], alpha)
-        if len(finished[s]) >= n_best and (live == 0 or best_done >= best_live):
-          done[s] = True
-      if live == 0:
-        done[s] = True
-    if all(done):
-      break
-    rows = (np.arange(n)[:, None] * k + new_parent).reshape(-1)
-    states = [s[rows] for s in states]
-    output = output[rows]
-    tokens, scores, history = new_tokens.reshape(-1), new_scores, new_history
-  results = []
-  for s in range(n):
-    ranked = sorted(finished[s], key=lambda f: -f[0])[:n_best]
-    results.append([Hypothesis(None, ids, float(score)) for _, score, ids in ranked])
-  return results
+  threshold = np.full(n, -np.inf)  # n_best-th finished score, per sentence
+  for t in range(int(limits.max())):
+    log_probs, ids, recurrent = decoder.step(encoded, recurrent, tokens, 2 * k)
+    m, c = ids.shape[0] // k, ids.shape[1]
+    # a sentence's 2k best extensions are among its beams' 2k best each
+    total = (scores[:, :, None] + log_probs.reshape(m, k, c)).reshape(m, k * c)
+    candidates, cand_scores = _best(total, 2 * k)
+    parent = candidates // c
+    token = np.take_along_axis(ids.reshape(m, k * c), candidates, 1)
+    ends = (token == EOS_ID) | (t + 1 >= limits[active])[:, None]
+    live_above = np.cumsum(~ends, axis=1) - ~ends
+    usable = np.isfinite(cand_scores) & (live_above < k)
+    for row, col in zip(*np.nonzero(ends & usable)):
+      s, ids = active[row], paths[row, parent[row, col]].tolist()
+      if token[row, col] != EOS_ID:
+        ids.append(int(token[row, col]))
+      score = cand_scores[row, col] / length_penalty_factor(t + 1, alpha)
+      threshold[s] = _add_finished(finished[s], Hypothesis(ids, float(score)), n_best)
+    keep = usable & ~ends
+    pick = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # the first k live candidates
+    scores = np.where(np.take_along_axis(keep, pick, 1),
+                      np.take_along_axis(cand_scores, pick, 1), -np.inf)
+    parent = np.take_along_axis(parent, pick, 1)
+    token = np.take_along_axis(token, pick, 1)
+    paths = np.concatenate([np.take_along_axis(paths, parent[:, :, None], 1),
+                            token[:, :, None]], axis=2)
+    # log-probs are <= 0, so a live beam can at best keep its score until the limit
+    reachable = scores.max(axis=1) / length_penalty_factor(limits[active], alpha)
+    stay = (threshold[active] < reachable) & (t + 1 < limits[active])
+    slots = np.arange(m)
+    if not stay.all():
+      slots, active = slots[stay], active[stay]
+      if not len(active):
+        break
+      scores, paths, parent, token = scores[stay], paths[stay], parent[stay], token[stay]
+      encoded = take_rows(encoded, np.repeat(slots * k, k))
+    recurrent = take_rows(recurrent, (slots[:, None] * k + parent).reshape(-1))
+    tokens = token.reshape(-1).astype(np.int32)
+  return finished
+
+
+def _best(x, count):
+  """x [m, C] -> (column indices [m, c], values [m, c]) of the c = min(count, C) largest, descending."""
+  if count < x.shape[1]:
+    top = np.argpartition(-x, count - 1, axis=1)[:, :count]
+  else:
+    top = np.broadcast_to(np.arange(x.shape[1]), x.shape)
+  values = np.take_along_axis(x, top, 1)
+  order = np.argsort(-values, axis=1, kind="stable")
+  return np.take_along_axis(top, order, 1), np.take_along_axis(values, order, 1)
+
+
+def _add_finished(finished, hypothesis, n_best):
+  """Inserts into the best-first list `finished` (kept to n_best); returns its n_best-th score."""
+  finished.append(hypothesis)
+  finished.sort(key=lambda h: -h.score)
+  del finished[n_best:]
+  return finished[-1].score if len(finished) == n_best else -np.inf

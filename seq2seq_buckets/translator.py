@@ -1,0 +1,134 @@
+"""A trained model loaded once from its train_dir, translating lists of lines.
+
+Used by s2s-decode, s2s-evaluate --train_dir and the benchmark. Loading builds
+the inference graph (per bucket greedy decoder and encoder, one decoder step)
+and restores a checkpoint; every `translate` call then only runs it.
+"""
+
+import collections
+import os
+
+import tensorflow as tf
+
+from seq2seq_buckets import decoding
+from seq2seq_buckets import graphs
+from seq2seq_buckets import hparams as hparams_lib
+from seq2seq_buckets import trainer
+from seq2seq_buckets import vocab
+from seq2seq_buckets.errors import UserError
+
+tf1 = tf.compat.v1
+
+# One hypothesis of a line: detokenized text and its model score (log-prob sum
+# over the GNMT length penalty; None from greedy decoding).
+Translated = collections.namedtuple("Translated", ["text", "score"])
+# A line longer than the largest source bucket: its index and source pieces.
+Truncation = collections.namedtuple("Truncation", ["index", "pieces"])
+# hypotheses: per input line a list of Translated, best first; truncated: list of Truncation.
+Translations = collections.namedtuple("Translations", ["hypotheses", "truncated"])
+
+
+def find_checkpoint(train_dir, checkpoint=None):
+  """The checkpoint path to restore: `checkpoint` (a prefix such as model.ckpt-300 or a
+  directory such as best/, also looked up inside train_dir), else train_dir's latest."""
+  if checkpoint is None:
+    latest = tf.train.latest_checkpoint(train_dir)
+    if not latest:
+      raise UserError(f"{train_dir}: no checkpoint yet; train a model there with s2s-train")
+    return latest
+  for path in (checkpoint, os.path.join(train_dir, checkpoint)):
+    if os.path.isdir(path) and tf.train.latest_checkpoint(path):
+      return tf.train.latest_checkpoint(path)
+    if os.path.isfile(path + ".index"):
+      return path
+  raise UserError(f"checkpoint {checkpoint}: not found (give a prefix such as "
+                  f"{os.path.join(train_dir, trainer.CHECKPOINT_PREFIX)}-STEP or a directory "
+                  f"such as {os.path.join(train_dir, trainer.BEST_DIR)})")
+
+
+def check_search(beam_size, length_penalty, max_length_ratio, n_best, batch_size):
+  """Raises UserError for search settings that make no sense."""
+  if beam_size < 1:
+    raise UserError(f"beam_size must be >= 1, not {beam_size}")
+  if not 1 <= n_best <= beam_size:
+    raise UserError(f"n_best must be between 1 and beam_size ({beam_size}), not {n_best}")
+  if length_penalty < 0:
+    raise UserError(f"length_penalty must be >= 0, not {length_penalty}")
+  if max_length_ratio <= 0:
+    raise UserError(f"max_length_ratio must be positive, not {max_length_ratio}")
+  if batch_size < 1:
+    raise UserError(f"batch_size must be >= 1, not {batch_size}")
+
+
+class Translator:
+  """hparams, SentencePiece models and a checkpoint of a train_dir, in one session."""
+
+  def __init__(self, train_dir, checkpoint=None):
+    if not os.path.isdir(train_dir):
+      raise UserError(f"{train_dir}: no such directory")
+    hp = hparams_lib.load(train_dir)
+    if hp is None:
+      raise UserError(f"{train_dir}: no {hparams_lib.HPARAMS_FILE}; not a directory written "
+                      "by s2s-train")
+    self.checkpoint = find_checkpoint(train_dir, checkpoint)
+    self.source_spm = _load_spm(train_dir, trainer.SRC_MODEL, hp.src_vocab_size)
+    self.target_spm = _load_spm(train_dir, trainer.TGT_MODEL, hp.tgt_vocab_size)
+    self.buckets = [tuple(b) for b in hp.buckets]
+    self.graph = graphs.build_inference_graph(hp)
+    with self.graph.graph.as_default():
+      # the model's weights only: the training step counter is not needed here
+      saver = tf1.train.Saver(tf1.trainable_variables())
+    self.top_k = decoding.add_top_k(self.graph)
+    self.graph.graph.finalize()
+    self.session = tf1.Session(graph=self.graph.graph, config=trainer.session_config())
+    try:
+      saver.restore(self.session, self.checkpoint)
+    except (tf.errors.NotFoundError, tf.errors.InvalidArgumentError) as e:
+      self.session.close()
+      raise UserError(f"{self.checkpoint}: does not hold this model's variables "
+                      f"({e.message.splitlines()[0]})") from None
+
+  @property
+  def max_source_pieces(self):
+    """Source pieces the largest bucket holds; longer inputs are cut to it."""
+    return self.buckets[-1][0]
+
+  def translate(self, lines, *, beam_size=1, length_penalty=0.0, max_length_ratio=2.0,
+                n_best=1, batch_size=64):
+    """lines: list of str -> Translations, one entry per line in input order.
+
+    beam_size 1 runs the unrolled greedy graphs (scores None); more runs beam
+    search with the GNMT length penalty alpha = length_penalty (0: none).
+    batch_size counts sentences per session.run.
+    """
+    check_search(beam_size, length_penalty, max_length_ratio, n_best, batch_size)
+    sources = self.source_spm.encode(list(lines))
+    if beam_size == 1:
+      outputs, truncated = decoding.greedy_ids(
+          self.session, self.graph.greedy, self.buckets, sources, batch_size, max_length_ratio)
+      found = [[decoding.Hypothesis(ids, None)] for ids in outputs]
+    else:
+      found, truncated = decoding.beam_search(
+          self.session, self.graph, self.top_k, self.buckets, sources, beam_size, batch_size,
+          length_penalty=length_penalty, n_best=n_best, max_length_ratio=max_length_ratio)
+    texts = iter(self.target_spm.decode([h.ids for line in found for h in line]))
+    hypotheses = [[Translated(next(texts), h.score) for h in line] for line in found]
+    return Translations(hypotheses, [Truncation(i, len(sources[i])) for i in truncated])
+
+  def close(self):
+    self.session.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *_):
+    self.close()
+
+
+def _load_spm(train_dir, name, size):
+  path = os.path.join(train_dir, name)
+  model = vocab.load_spm(path)
+  if model.get_piece_size() != size:
+    raise UserError(f"{path} has {model.get_piece_size()} pieces but the model was trained "
+                    f"with {size}")
+  return model
