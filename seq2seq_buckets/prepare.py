@@ -1,18 +1,27 @@
 """prepare: SentencePiece models, bucketing, per-bucket shards and the manifest.
 
-`prepare(...)` streams the corpus in chunks, so memory stays bounded whatever its
-size; with 'auto:N' buckets it makes two encoding passes (lengths, then shards).
+`prepare(...)` streams the corpus in chunks of CHUNK_PAIRS pairs, so memory stays
+bounded whatever its size. Each split is encoded once into a spool file (the
+pieces of its non-empty pairs) while its length histogram is counted; 'auto:N'
+buckets are chosen from that histogram, then the spool is cut into per-bucket
+shards. TensorFlow is never imported.
 """
 
 import codecs
-import hashlib
+import collections
+import concurrent.futures
 import glob
+import hashlib
+import itertools
 import os
 import shutil
 import time
 
+import numpy as np
+
 from seq2seq_buckets import buckets as bucket_lib
 from seq2seq_buckets import manifest as manifest_lib
+from seq2seq_buckets import shards
 from seq2seq_buckets import vocab
 from seq2seq_buckets.errors import UserError
 
@@ -20,23 +29,32 @@ CHUNK_PAIRS = 20_000
 SRC_SPM, TGT_SPM, SHARED_SPM = "source.spm", "target.spm", "shared.spm"
 DEV_SRC, DEV_REF = "dev.src.txt", "dev.ref.txt"
 
+# A split encoded into its spool: chunks written, pairs read, pairs dropped as
+# empty, LengthHistogram of the non-empty pairs.
+Spooled = collections.namedtuple("Spooled", ["chunks", "read", "empty", "histogram"])
+
 
 def scan_text_file(path):
-  """(sha256, line count) of a UTF-8 text file; UserError naming file:line if it is not UTF-8."""
+  """(sha256, line count, whether any line has text) of a UTF-8 text file.
+
+  Raises UserError naming file:line if the file is missing or not UTF-8.
+  """
   if not os.path.isfile(path):
     raise UserError(f"{path}: no such file")
   decoder = codecs.getincrementaldecoder("utf-8")()
   digest = hashlib.sha256()
-  lines, last = 0, b""
+  lines, last, has_text = 0, b"", False
   with open(path, "rb") as f:
     for chunk in iter(lambda: f.read(1 << 20), b""):
       digest.update(chunk)
+      pending = len(decoder.getstate()[0])
       try:
         decoder.decode(chunk)
       except UnicodeDecodeError as e:
-        bad_line = lines + chunk[:e.start].count(b"\n") + 1
+        bad_line = lines + chunk[:max(0, e.start - pending)].count(b"\n") + 1
         raise UserError(f"{path}:{bad_line}: invalid UTF-8") from None
       lines += chunk.count(b"\n")
+      has_text = has_text or bool(chunk.strip())
       last = chunk[-1:]
   try:
     decoder.decode(b"", final=True)
@@ -44,49 +62,136 @@ def scan_text_file(path):
     raise UserError(f"{path}:{lines + 1}: invalid UTF-8 (truncated character at end)") from None
   if last and last != b"\n":
     lines += 1
-  return digest.hexdigest(), lines
+  return digest.hexdigest(), lines, has_text
 
 
 def read_pair_chunks(src_path, tgt_path):
-  """Yields lists of (source line, target line) of up to CHUNK_PAIRS pairs, newlines removed."""
+  """Yields (source lines, target lines): lists of up to CHUNK_PAIRS lines, newlines removed."""
   with open(src_path, encoding="utf-8", newline="\n") as src, \
        open(tgt_path, encoding="utf-8", newline="\n") as tgt:
-    chunk = []
-    for s, t in zip(src, tgt):
-      chunk.append((s.rstrip("\r\n"), t.rstrip("\r\n")))
-      if len(chunk) == CHUNK_PAIRS:
-        yield chunk
-        chunk = []
-    if chunk:
-      yield chunk
+    while True:
+      src_lines = [line.rstrip("\r\n") for line in itertools.islice(src, CHUNK_PAIRS)]
+      if not src_lines:
+        return
+      yield src_lines, [line.rstrip("\r\n") for line in itertools.islice(tgt, len(src_lines))]
+
+
+def _flatten(id_lists):
+  """(ids [total] int32, lengths [n] int64) of n lists of piece ids."""
+  lengths = np.fromiter(map(len, id_lists), np.int64, len(id_lists))
+  return np.fromiter(itertools.chain.from_iterable(id_lists), np.int32, lengths.sum()), lengths
+
+
+def _take(part, rows, lengths):
+  """(ids, lengths) of the first lengths[i] pieces of pair rows[i] of part = (ids, lengths)."""
+  ids, all_lengths = part
+  starts = np.cumsum(all_lengths) - all_lengths
+  return ids[shards.segment_indices(starts[rows], lengths)], lengths
 
 
 def encode_chunks(src_path, tgt_path, src_spm, tgt_spm):
-  """Yields lists of (source ids or None, target ids or None); None marks an empty line."""
+  """Yields (source, target) per chunk, each (ids, lengths) as in _flatten.
+
+  Every line is encoded; an empty line (or one with no pieces) has length 0.
+  """
   threads = os.cpu_count() or 1
-  for chunk in read_pair_chunks(src_path, tgt_path):
-    keep = [i for i, (s, t) in enumerate(chunk) if s.strip() and t.strip()]
-    src_ids = src_spm.encode([chunk[i][0] for i in keep], num_threads=threads)
-    tgt_ids = tgt_spm.encode([chunk[i][1] for i in keep], num_threads=threads)
-    pairs = [(None, None)] * len(chunk)
-    for i, s, t in zip(keep, src_ids, tgt_ids):
-      pairs[i] = (s, t)
-    yield pairs
+  for src_lines, tgt_lines in read_pair_chunks(src_path, tgt_path):
+    yield (_flatten(src_spm.encode(src_lines, num_threads=threads)),
+           _flatten(tgt_spm.encode(tgt_lines, num_threads=threads)))
+
+
+def _spool_path(out_dir, split):
+  return os.path.join(out_dir, f"{split}.spool.partial")
+
+
+def _encode_split(out_dir, split, src_path, tgt_path, src_spm, tgt_spm):
+  """Encodes a split into its spool; returns its Spooled counts."""
+  histogram = bucket_lib.LengthHistogram()
+  chunks = read = empty = 0
+  with open(_spool_path(out_dir, split), "wb") as spool:
+    for source, target in encode_chunks(src_path, tgt_path, src_spm, tgt_spm):
+      rows = np.flatnonzero((source[1] > 0) & (target[1] > 0))
+      read += len(source[1])
+      empty += len(source[1]) - len(rows)
+      for part in (source, target):
+        for array in _take(part, rows, part[1][rows]):
+          np.save(spool, array)
+      histogram.add(source[1][rows], target[1][rows])
+      chunks += 1
+  return Spooled(chunks, read, empty, histogram)
+
+
+def _read_spool(out_dir, split, spooled):
+  """Yields the (source, target) chunks _encode_split spooled, then deletes the spool."""
+  path = _spool_path(out_dir, split)
+  with open(path, "rb") as spool:
+    for _ in range(spooled.chunks):
+      yield tuple((np.load(spool), np.load(spool)) for _ in range(2))
+  os.remove(path)
+
+
+def _fit(source, target, buckets, truncate):
+  """Bucket of every pair of a chunk; truncates or drops the pairs that fit none.
+
+  Returns (bucket [n] int64 with -1 for dropped pairs, source lengths,
+  target lengths after truncation, number truncated).
+  """
+  s, t = source[1], target[1]
+  index = bucket_lib.bucket_indices(s, t, buckets)
+  too_long = index < 0
+  if not truncate or not too_long.any():
+    return index, s, t, 0
+  cut_s, cut_t = bucket_lib.truncate_to(s, t, buckets[-1])
+  index[too_long] = len(buckets) - 1
+  return index, np.where(too_long, cut_s, s), np.where(too_long, cut_t, t), int(too_long.sum())
+
+
+def _write_split(out_dir, split, spooled, buckets, truncate):
+  """Cuts a spooled split into per-bucket shards; returns its counts and written histogram."""
+  stats = [{"source_length": i, "target_length": o, "pairs": 0, "source_tokens": 0,
+            "target_tokens": 0} for i, o in buckets]
+  dropped = {"empty_line": spooled.empty, "too_long": 0}
+  truncated = 0
+  histogram = bucket_lib.LengthHistogram()
+  writer = shards.ShardWriter(out_dir, split, len(buckets))
+  try:
+    for source, target in _read_spool(out_dir, split, spooled):
+      index, s, t, cut = _fit(source, target, buckets, truncate)
+      truncated += cut
+      dropped["too_long"] += int(np.sum(index < 0))
+      rows = np.argsort(index, kind="stable")[np.sum(index < 0):]  # by bucket, input order within
+      words, lengths = shards.pair_records(_take(source, rows, s[rows]),
+                                           _take(target, rows, t[rows]))
+      histogram.add(s[rows], t[rows])
+      ends = np.concatenate([[0], np.cumsum(lengths)])
+      bounds = np.searchsorted(index[rows], np.arange(len(buckets) + 1))
+      for b, (lo, hi) in enumerate(zip(bounds, bounds[1:])):
+        if hi > lo:
+          writer.write(b, words[ends[lo]:ends[hi]], lengths[lo:hi])
+          stats[b]["pairs"] += int(hi - lo)
+          stats[b]["source_tokens"] += int(s[rows[lo:hi]].sum())
+          stats[b]["target_tokens"] += int(t[rows[lo:hi]].sum()) + int(hi - lo)
+  finally:
+    writer.close()
+  for stat, files in zip(stats, writer.files):
+    stat["shards"] = files
+  return {"buckets": stats, "read": spooled.read, "written": sum(s["pairs"] for s in stats),
+          "dropped": dropped, "truncated": truncated}, histogram
 
 
 def _check_inputs(paths):
   """Scans every input; returns {name: {path, sha256, lines}} or raises UserError."""
   info = {}
   for name, path in paths.items():
-    sha, lines = scan_text_file(path)
+    sha, lines, has_text = scan_text_file(path)
+    if not has_text:
+      raise UserError(f"{path}: empty corpus (no line has text)")
     info[name] = {"path": os.path.abspath(path), "sha256": sha, "lines": lines}
   for split in ("train", "dev"):
     s, t = info[f"{split}_src"], info[f"{split}_tgt"]
     if s["lines"] != t["lines"]:
       raise UserError(f"{s['path']} has {s['lines']} lines but {t['path']} has {t['lines']}: "
                       "source and target must be parallel")
-    if s["lines"] == 0:
-      raise UserError(f"{s['path']}: empty corpus")
   return info
 
 
@@ -94,161 +199,171 @@ def _our_files(out_dir):
   names = [manifest_lib.MANIFEST, DEV_SRC, DEV_REF]
   names += [p + ext for p in (SRC_SPM, TGT_SPM, SHARED_SPM) for ext in (".model", ".vocab")]
   found = [os.path.join(out_dir, n) for n in names]
-  found += glob.glob(os.path.join(out_dir, "*.tfrecord*"))
+  for pattern in ("*.tfrecord", "*.partial"):
+    found += glob.glob(os.path.join(out_dir, pattern))
   return [p for p in found if os.path.exists(p)]
 
 
-def _build_vocabs(out_dir, train_src, train_tgt, settings, src_model, tgt_model, log):
-  """Trains (or copies given) SentencePiece models into out_dir; returns (src, tgt, info)."""
-  def place(given, prefix, inputs, size):
-    target = os.path.join(out_dir, prefix + ".model")
-    if given:
-      vocab.load_spm(given)  # checks special ids before copying
-      shutil.copyfile(given, target)
-      return vocab.load_spm(target)
+def _place_vocab(out_dir, prefix, given, inputs, size, model_type, log):
+  """Copies the given SentencePiece model (checked) or trains one; returns (model, info)."""
+  target = os.path.join(out_dir, prefix + ".model")
+  if given:
+    shutil.copyfile(given, target)
+    model, requested = vocab.load_spm(target), None
+  else:
     start = time.time()
-    model = vocab.train_spm(inputs, os.path.join(out_dir, prefix), size, settings["spm_model_type"])
+    model = vocab.train_spm(inputs, os.path.join(out_dir, prefix), size, model_type)
+    requested = size
     reached = model.get_piece_size()
     note = "" if reached == size else f" (asked for {size}; the corpus yields no more)"
     log(f"trained SentencePiece {prefix}: {reached} pieces{note} in {time.time() - start:.1f}s")
-    return model
+  return model, {"model": prefix + ".model", "sha256": manifest_lib.sha256_file(target),
+                 "size": model.get_piece_size(), "requested": requested}
 
+
+def _build_vocabs(out_dir, train_src, train_tgt, settings, src_model, tgt_model, log):
+  """Trains (or copies given) SentencePiece models into out_dir; returns (src, tgt, info).
+
+  The source and target models train at the same time (SentencePiece releases
+  the GIL), which nearly halves the wait on two cores.
+  """
+  model_type = settings["spm_model_type"]
   if settings["shared_vocab"]:
     size = max(settings["src_vocab_size"], settings["tgt_vocab_size"])
-    src = tgt = place(src_model, SHARED_SPM, [train_src, train_tgt], size)
-    names = (SHARED_SPM, SHARED_SPM)
+    jobs = {"source": (SHARED_SPM, src_model, [train_src, train_tgt], size)}
   else:
-    src = place(src_model, SRC_SPM, [train_src], settings["src_vocab_size"])
-    tgt = place(tgt_model, TGT_SPM, [train_tgt], settings["tgt_vocab_size"])
-    names = (SRC_SPM, TGT_SPM)
-  info = {"shared": settings["shared_vocab"]}
-  for side, model, name, asked in (("source", src, names[0], settings["src_vocab_size"]),
-                                   ("target", tgt, names[1], settings["tgt_vocab_size"])):
-    path = os.path.join(out_dir, name + ".model")
-    info[side] = {"model": name + ".model", "sha256": manifest_lib.sha256_file(path),
-                  "size": model.get_piece_size(), "requested": asked}
-  return src, tgt, info
+    jobs = {"source": (SRC_SPM, src_model, [train_src], settings["src_vocab_size"]),
+            "target": (TGT_SPM, tgt_model, [train_tgt], settings["tgt_vocab_size"])}
+  with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
+    futures = {side: pool.submit(_place_vocab, out_dir, *job, model_type, log)
+               for side, job in jobs.items()}
+    done = {side: future.result() for side, future in futures.items()}
+  src, src_info = done["source"]
+  tgt, tgt_info = done.get("target", done["source"])
+  return src, tgt, {"shared": settings["shared_vocab"], "source": src_info, "target": tgt_info}
 
 
-def _write_split(out_dir, split, src_path, tgt_path, src_spm, tgt_spm, buckets, truncate):
-  """Encodes one split into per-bucket shards; returns its counts and length histogram."""
-  from seq2seq_buckets import shards  # TensorFlow is only needed from here on
-  writer = shards.ShardWriter(out_dir, split, len(buckets))
-  stats = [{"source_length": i, "target_length": o, "pairs": 0, "source_tokens": 0,
-            "target_tokens": 0} for i, o in buckets]
-  dropped = {"empty_line": 0, "too_long": 0}
-  read = truncated = 0
-  histogram = bucket_lib.LengthHistogram()
+def _check_options(spm_model_type, vocab_sizes, shared_vocab, tgt_spm_model):
+  """Raises UserError for settings that cannot work together."""
+  if spm_model_type not in ("unigram", "bpe"):
+    raise UserError(f"--spm_model_type must be unigram or bpe, not {spm_model_type!r}")
+  for name, size in vocab_sizes.items():
+    if size < 5:
+      raise UserError(f"--{name}={size} is too small: the 4 special ids need room")
+  if shared_vocab and tgt_spm_model:
+    raise UserError("--shared_vocab uses one model: give it as --src_spm_model only")
+
+
+def _model_checksum(path):
+  """sha256 of a given SentencePiece model, checked first (None when none is given)."""
+  if path is None:
+    return None
+  vocab.load_spm(path)
+  return manifest_lib.sha256_file(path)
+
+
+def _reusable(out_dir, inputs, settings, overwrite):
+  """The manifest when out_dir already holds this very preparation, else None.
+
+  Raises UserError when out_dir holds another preparation and not `overwrite`.
+  """
+  if not os.path.exists(os.path.join(out_dir, manifest_lib.MANIFEST)):
+    return None
   try:
-    for chunk in encode_chunks(src_path, tgt_path, src_spm, tgt_spm):
-      for src_ids, tgt_ids in chunk:
-        read += 1
-        if src_ids is None:
-          dropped["empty_line"] += 1
-          continue
-        b = bucket_lib.bucket_index(len(src_ids), len(tgt_ids), buckets)
-        if b is None:
-          if not truncate:
-            dropped["too_long"] += 1
-            continue
-          b = len(buckets) - 1
-          s, t = bucket_lib.truncate_to(len(src_ids), len(tgt_ids), buckets[b])
-          src_ids, tgt_ids = src_ids[:s], tgt_ids[:t]
-          truncated += 1
-        writer.write(b, src_ids, tgt_ids)
-        histogram.add(len(src_ids), len(tgt_ids))
-        stats[b]["pairs"] += 1
-        stats[b]["source_tokens"] += len(src_ids)
-        stats[b]["target_tokens"] += len(tgt_ids) + 1
-  finally:
-    writer.close()
-  for stat, files in zip(stats, writer.files):
-    stat["shards"] = files
-  written = sum(s["pairs"] for s in stats)
-  return {"buckets": stats, "read": read, "written": written, "dropped": dropped,
-          "truncated": truncated}, histogram
+    old = manifest_lib.read_manifest(out_dir)
+  except UserError:
+    old = None
+  if old and old["settings"] == settings and \
+     {k: v["sha256"] for k, v in old["inputs"].items()} == \
+     {k: v["sha256"] for k, v in inputs.items()}:
+    return old
+  if not overwrite:
+    raise UserError(f"{out_dir} was prepared from other inputs or settings (or is damaged); "
+                    "pass --overwrite to replace it")
+  return None
 
 
-def _length_histogram(src_path, tgt_path, src_spm, tgt_spm):
-  histogram = bucket_lib.LengthHistogram()
-  for chunk in encode_chunks(src_path, tgt_path, src_spm, tgt_spm):
-    for src_ids, tgt_ids in chunk:
-      if src_ids is not None:
-        histogram.add(len(src_ids), len(tgt_ids))
-  if not histogram.counts:
-    raise UserError(f"{src_path}: empty corpus (every line pair has an empty side)")
-  return histogram
+def _choose(spec, histogram, log):
+  """Explicit buckets as given; 'auto:N' chosen from the training length histogram."""
+  if spec[0] != "auto":
+    return spec
+  chosen = bucket_lib.choose_buckets(histogram, spec[1])
+  single = bucket_lib.choose_buckets(histogram, 1)
+  log(f"auto:{spec[1]} buckets {bucket_lib.format_buckets(chosen)}: padding efficiency "
+      f"{bucket_lib.padding_efficiency(histogram, chosen):.3f} "
+      f"(one bucket {bucket_lib.format_buckets(single)}: "
+      f"{bucket_lib.padding_efficiency(histogram, single):.3f})")
+  return chosen
+
+
+def _prepare_into(out_dir, paths, spec, settings, inputs, spm_models, log):
+  """The work of prepare() once out_dir is clear; returns the manifest."""
+  src_spm, tgt_spm, vocab_info = _build_vocabs(
+      out_dir, paths["train_src"], paths["train_tgt"], settings, *spm_models, log)
+  spooled = {split: _encode_split(out_dir, split, paths[f"{split}_src"], paths[f"{split}_tgt"],
+                                  src_spm, tgt_spm) for split in ("train", "dev")}
+  if not spooled["train"].histogram.counts:
+    raise UserError(f"{paths['train_src']}: empty corpus (every line pair has an empty side)")
+  buckets = _choose(spec, spooled["train"].histogram, log)
+  train, histogram = _write_split(out_dir, "train", spooled["train"], buckets, settings["truncate"])
+  if train["written"] == 0:
+    raise UserError(f"{paths['train_src']}: no pair fits the buckets "
+                    f"{bucket_lib.format_buckets(buckets)}")
+  dev, _ = _write_split(out_dir, "dev", spooled["dev"], buckets, settings["truncate"])
+  shutil.copyfile(paths["dev_src"], os.path.join(out_dir, DEV_SRC))
+  shutil.copyfile(paths["dev_tgt"], os.path.join(out_dir, DEV_REF))
+  manifest = dict(train)
+  manifest.update({
+      "format": manifest_lib.FORMAT,
+      "padding_efficiency": round(bucket_lib.padding_efficiency(histogram, buckets), 4),
+      "single_bucket_padding_efficiency": round(bucket_lib.padding_efficiency(
+          histogram, bucket_lib.choose_buckets(histogram, 1)), 4),
+      "dev": dev, "vocab": vocab_info, "inputs": inputs, "settings": settings})
+  manifest_lib.write_manifest(out_dir, manifest)
+  return manifest
 
 
 def prepare(*, train_src, train_tgt, dev_src, dev_tgt, out_dir, buckets="auto:4",
             src_vocab_size=8000, tgt_vocab_size=8000, shared_vocab=False,
             spm_model_type="unigram", src_spm_model=None, tgt_spm_model=None,
             truncate=False, overwrite=False, log=print):
-  """Prepares a parallel corpus for training into `out_dir`; returns the manifest dict."""
+  """Prepares a parallel corpus for training into `out_dir`; returns the manifest dict.
+
+  Bad input raises UserError before anything is written; a failure later
+  removes what this call wrote, so out_dir never holds a manifest that lies.
+  """
   start = time.time()
+  paths = {"train_src": train_src, "train_tgt": train_tgt, "dev_src": dev_src, "dev_tgt": dev_tgt}
   spec = bucket_lib.parse_buckets(buckets)
-  if spm_model_type not in ("unigram", "bpe"):
-    raise UserError(f"--spm_model_type must be unigram or bpe, not {spm_model_type!r}")
-  for name, size in (("src_vocab_size", src_vocab_size), ("tgt_vocab_size", tgt_vocab_size)):
-    if size < 5:
-      raise UserError(f"--{name}={size} is too small: the 4 special ids need room")
-  inputs = _check_inputs({"train_src": train_src, "train_tgt": train_tgt,
-                          "dev_src": dev_src, "dev_tgt": dev_tgt})
+  _check_options(spm_model_type, {"src_vocab_size": src_vocab_size,
+                                  "tgt_vocab_size": tgt_vocab_size}, shared_vocab, tgt_spm_model)
   settings = {"buckets": buckets, "src_vocab_size": src_vocab_size,
               "tgt_vocab_size": tgt_vocab_size, "shared_vocab": shared_vocab,
               "spm_model_type": spm_model_type, "truncate": truncate,
-              "src_spm_model": src_spm_model and manifest_lib.sha256_file(src_spm_model),
-              "tgt_spm_model": tgt_spm_model and manifest_lib.sha256_file(tgt_spm_model)}
-
-  manifest_path = os.path.join(out_dir, manifest_lib.MANIFEST)
-  if os.path.exists(manifest_path):
-    old = manifest_lib.read_manifest(out_dir)
-    same_inputs = {k: v["sha256"] for k, v in old["inputs"].items()} == \
-                  {k: v["sha256"] for k, v in inputs.items()}
-    if old["settings"] == settings and same_inputs:
-      log(f"{out_dir} is already prepared from these inputs and settings; reusing it")
-      return old
-    if not overwrite:
-      raise UserError(f"{out_dir} was prepared from other inputs or settings; "
-                      "pass --overwrite to replace it")
-  os.makedirs(out_dir, exist_ok=True)
+              "src_spm_model": _model_checksum(src_spm_model),
+              "tgt_spm_model": _model_checksum(tgt_spm_model)}
+  inputs = _check_inputs(paths)
+  old = _reusable(out_dir, inputs, settings, overwrite)
+  if old:
+    log(f"{out_dir} is already prepared from these inputs and settings; reusing it")
+    return old
+  try:
+    os.makedirs(out_dir, exist_ok=True)
+  except OSError as e:
+    raise UserError(f"{out_dir}: cannot create the output directory ({e.strerror})") from None
   for path in _our_files(out_dir):
     os.remove(path)
-
-  src_spm, tgt_spm, vocab_info = _build_vocabs(
-      out_dir, train_src, train_tgt, settings, src_spm_model, tgt_spm_model, log)
-
-  if spec[0] == "auto":
-    histogram = _length_histogram(train_src, train_tgt, src_spm, tgt_spm)
-    chosen = bucket_lib.choose_buckets(histogram, spec[1])
-    single = bucket_lib.choose_buckets(histogram, 1)
-    log(f"auto:{spec[1]} buckets {bucket_lib.format_buckets(chosen)}: padding efficiency "
-        f"{bucket_lib.padding_efficiency(histogram, chosen):.3f} "
-        f"(one bucket {bucket_lib.format_buckets(single)}: "
-        f"{bucket_lib.padding_efficiency(histogram, single):.3f})")
-    spec = chosen
-
-  train, histogram = _write_split(out_dir, "train", train_src, train_tgt, src_spm, tgt_spm,
-                                  spec, truncate)
-  if train["written"] == 0:
-    raise UserError(f"{train_src}: no pair fits the buckets {bucket_lib.format_buckets(spec)}")
-  dev, _ = _write_split(out_dir, "dev", dev_src, dev_tgt, src_spm, tgt_spm, spec, truncate)
-  shutil.copyfile(dev_src, os.path.join(out_dir, DEV_SRC))
-  shutil.copyfile(dev_tgt, os.path.join(out_dir, DEV_REF))
-
-  one_bucket = [(max(s for s, _ in histogram.counts), max(t for _, t in histogram.counts) + 1)]
-  manifest = dict(train)
-  manifest.update({
-      "format": manifest_lib.FORMAT,
-      "padding_efficiency": round(bucket_lib.padding_efficiency(histogram, spec), 4),
-      "single_bucket_padding_efficiency":
-          round(bucket_lib.padding_efficiency(histogram, one_bucket), 4),
-      "dev": dev, "vocab": vocab_info, "inputs": inputs, "settings": settings})
-  manifest_lib.write_manifest(out_dir, manifest)
-  drops = ", ".join(f"{k} {v}" for k, v in train["dropped"].items() if v) or "none"
-  log(f"prepared {out_dir} in {time.time() - start:.1f}s: train read {train['read']}, "
-      f"written {train['written']}, dropped: {drops}, truncated {train['truncated']}; "
-      f"dev written {dev['written']} of {dev['read']}; padding efficiency "
-      f"{manifest['padding_efficiency']:.3f} (one bucket: "
+  try:
+    manifest = _prepare_into(out_dir, paths, spec, settings, inputs,
+                             (src_spm_model, tgt_spm_model), log)
+  except BaseException:
+    for path in _our_files(out_dir):
+      os.remove(path)
+    raise
+  drops = ", ".join(f"{k} {v}" for k, v in manifest["dropped"].items() if v) or "none"
+  log(f"prepared {out_dir} in {time.time() - start:.1f}s: train read {manifest['read']}, "
+      f"written {manifest['written']}, dropped: {drops}, truncated {manifest['truncated']}; "
+      f"dev written {manifest['dev']['written']} of {manifest['dev']['read']}; padding "
+      f"efficiency {manifest['padding_efficiency']:.3f} (one bucket: "
       f"{manifest['single_bucket_padding_efficiency']:.3f})")
   return manifest

@@ -3,27 +3,99 @@
 Record format: one pair per record, little-endian int32 values
 [s, t, source piece ids (s), target piece ids (t)]. GO/EOS are not stored; the
 reader adds them when it lays a pair out as a BatchedInput row.
+
+The writer is NumPy only (TFRecord framing with CRC-32C computed for many
+records at once), so prepare never imports TensorFlow; the reader imports it
+when called.
 """
 
 import os
 
 import numpy as np
-import tensorflow as tf
 
 from seq2seq_buckets.batches import BatchedInput
 from seq2seq_buckets.vocab import EOS_ID, GO_ID
 
 PAIRS_PER_SHARD = 100_000
+_CRC_MASK_DELTA = 0xA282EAD8
 
 
-def encode_pair(source_ids, target_ids):
-  """Serialized record bytes for one pair."""
-  return np.array([len(source_ids), len(target_ids), *source_ids, *target_ids],
-                  dtype="<i4").tobytes()
+def segment_indices(starts, lengths):
+  """Concatenated ranges starts[r] .. starts[r] + lengths[r] - 1: [n], [n] -> [sum(lengths)]."""
+  ends = np.cumsum(lengths)
+  return np.repeat(starts - (ends - lengths), lengths) + np.arange(ends[-1] if len(ends) else 0)
 
 
-def shard_pattern(split, bucket_id):
-  return f"{split}-b{bucket_id}-*.tfrecord"
+def pair_records(source, target):
+  """Records of pairs, back to back.
+
+  source, target: (ids [sum(lengths)] int32, lengths [n] int64), the pieces of n
+  pairs concatenated. Returns (words [sum(2 + s + t)] uint32, lengths [n] int64
+  words per record), record r being [s_r, t_r, source_r, target_r].
+  """
+  (src_ids, src_lens), (tgt_ids, tgt_lens) = source, target
+  lengths = 2 + src_lens + tgt_lens
+  starts = np.cumsum(lengths) - lengths
+  words = np.empty(int(lengths.sum()), np.uint32)
+  words[starts], words[starts + 1] = src_lens, tgt_lens
+  words[segment_indices(starts + 2, src_lens)] = src_ids
+  words[segment_indices(starts + 2 + src_lens, tgt_lens)] = tgt_ids
+  return words, lengths
+
+
+def _crc32c_tables():
+  """[4, 256] uint32 tables for CRC-32C (Castagnoli) taking four bytes a step."""
+  table = np.arange(256, dtype=np.uint32)
+  for _ in range(8):
+    table = np.where(table & 1, (table >> 1) ^ np.uint32(0x82F63B78), table >> 1)
+  tables = [table]
+  for _ in range(3):
+    tables.append((tables[-1] >> 8) ^ table[tables[-1] & 0xFF])
+  return np.stack(tables).astype(np.uint32)
+
+
+_TABLES = _crc32c_tables()
+
+
+def masked_crc32c(words, lengths):
+  """TFRecord's masked CRC-32C of each record.
+
+  words: [sum(lengths)] uint32, records back to back (bytes in little-endian
+  order); lengths: [n] words per record. Returns [n] uint32. The records are
+  walked a word at a time, all of them together, longest first.
+  """
+  order = np.argsort(-lengths, kind="stable")
+  starts = (np.cumsum(lengths) - lengths)[order]
+  active = np.searchsorted(-lengths[order], -np.arange(lengths.max(initial=0)))
+  crc = np.full(len(lengths), 0xFFFFFFFF, np.uint32)
+  for j, n in enumerate(active):
+    c = crc[:n] ^ words[starts[:n] + j]
+    crc[:n] = (_TABLES[3][c & 0xFF] ^ _TABLES[2][(c >> 8) & 0xFF] ^
+               _TABLES[1][(c >> 16) & 0xFF] ^ _TABLES[0][c >> 24])
+  crc ^= np.uint32(0xFFFFFFFF)
+  masked = ((crc >> 15) | (crc << 17)) + np.uint32(_CRC_MASK_DELTA)
+  out = np.empty_like(masked)
+  out[order] = masked
+  return out
+
+
+def frame_records(words, lengths):
+  """TFRecord file bytes for records back to back in `words` (see pair_records).
+
+  Each record becomes [byte length: uint64][masked crc of the length: uint32]
+  [data][masked crc of the data: uint32], all little-endian.
+  """
+  n = len(lengths)
+  header = np.zeros((n, 2), np.uint32)
+  header[:, 0] = lengths * 4
+  framed_lengths = lengths + 4
+  starts = np.cumsum(framed_lengths) - framed_lengths
+  out = np.empty(int(framed_lengths.sum()), "<u4")
+  out[starts], out[starts + 1] = header[:, 0], 0
+  out[starts + 2] = masked_crc32c(header.ravel(), np.full(n, 2))
+  out[segment_indices(starts + 3, lengths)] = words
+  out[starts + 3 + lengths] = masked_crc32c(words, lengths)
+  return out.tobytes()
 
 
 class ShardWriter:
@@ -35,41 +107,46 @@ class ShardWriter:
 
   def __init__(self, out_dir, split, num_buckets):
     self._out_dir, self._split = out_dir, split
-    self._writers = [None] * num_buckets
+    self._files = [None] * num_buckets
     self._counts = [0] * num_buckets
-    self._shard_ids = [0] * num_buckets
     self.files = [[] for _ in range(num_buckets)]
 
-  def write(self, bucket_id, source_ids, target_ids):
-    if self._writers[bucket_id] is None or self._counts[bucket_id] == PAIRS_PER_SHARD:
-      self._roll(bucket_id)
-    self._writers[bucket_id].write(encode_pair(source_ids, target_ids))
-    self._counts[bucket_id] += 1
+  def write(self, bucket_id, words, lengths):
+    """Appends records (see pair_records) to the shards of `bucket_id`."""
+    ends = np.cumsum(lengths)
+    done = 0
+    while done < len(lengths):
+      if self._files[bucket_id] is None or self._counts[bucket_id] == PAIRS_PER_SHARD:
+        self._roll(bucket_id)
+      take = min(len(lengths) - done, PAIRS_PER_SHARD - self._counts[bucket_id])
+      first = ends[done - 1] if done else 0
+      self._files[bucket_id].write(
+          frame_records(words[first:ends[done + take - 1]], lengths[done:done + take]))
+      self._counts[bucket_id] += take
+      done += take
 
   def _roll(self, bucket_id):
     self._close_one(bucket_id)
-    name = f"{self._split}-b{bucket_id}-{self._shard_ids[bucket_id]:05d}.tfrecord"
-    self._shard_ids[bucket_id] += 1
+    name = f"{self._split}-b{bucket_id}-{len(self.files[bucket_id]):05d}.tfrecord"
     self.files[bucket_id].append(name)
-    self._writers[bucket_id] = tf.io.TFRecordWriter(os.path.join(self._out_dir, name + ".partial"))
+    self._files[bucket_id] = open(os.path.join(self._out_dir, name + ".partial"), "wb")
     self._counts[bucket_id] = 0
 
   def _close_one(self, bucket_id):
-    writer = self._writers[bucket_id]
-    if writer is not None:
-      writer.close()
-      name = self.files[bucket_id][-1]
-      path = os.path.join(self._out_dir, name)
+    if self._files[bucket_id] is not None:
+      self._files[bucket_id].close()
+      path = os.path.join(self._out_dir, self.files[bucket_id][-1])
       os.replace(path + ".partial", path)
-      self._writers[bucket_id] = None
+      self._files[bucket_id] = None
 
   def close(self):
-    for bucket_id in range(len(self._writers)):
+    for bucket_id in range(len(self._files)):
       self._close_one(bucket_id)
 
 
 def _layout(record, bucket):
   """One record -> one BatchedInput row (tensors without the batch dimension)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   source_len, target_len = bucket
   values = tf.io.decode_raw(record, tf.int32, little_endian=True)
   s, t = values[0], values[1]
@@ -92,6 +169,7 @@ def bucket_dataset(files, bucket, batch_size, shuffle=True, repeat=True, seed=No
   target_weights [B, O]; B = batch_size (the last batch may be smaller unless
   repeating).
   """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   source_len, target_len = bucket
   files = list(files)
   dataset = tf.data.Dataset.from_tensor_slices(files)

@@ -1,6 +1,7 @@
 """Special token ids, defined once, and the SentencePiece models that must agree with them."""
 
 import os
+import re
 
 import sentencepiece as spm
 
@@ -19,7 +20,7 @@ def train_spm(inputs, model_prefix, vocab_size, model_type="unigram"):
   """Trains a SentencePiece model on the text files `inputs`; returns the loaded model.
 
   With hard_vocab_limit=False a vocab_size larger than the corpus can yield is not
-  an error: the model stops at the size reached (see `piece_count`).
+  an error: the model stops at the size reached (its get_piece_size()).
   """
   try:
     spm.SentencePieceTrainer.train(
@@ -30,10 +31,11 @@ def train_spm(inputs, model_prefix, vocab_size, model_type="unigram"):
         num_threads=os.cpu_count() or 1, minloglevel=2)
   except RuntimeError as e:
     message = str(e).splitlines()[0]
-    if "required_chars" in message:
+    need = re.search(r"smaller than required_chars\. \d+ vs (\d+)", message)
+    if need:
       raise UserError(
-          f"vocab size {vocab_size} is too small for {', '.join(inputs)}: "
-          f"{message.split('] ')[-1]}") from None
+          f"vocab size {vocab_size} is too small for {', '.join(inputs)}: its characters and "
+          f"the 4 special ids need at least {need.group(1)}") from None
     raise UserError(f"SentencePiece training on {', '.join(inputs)} failed: {message}") from None
   return load_spm(model_prefix + ".model")
 
