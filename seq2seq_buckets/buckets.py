@@ -120,80 +120,76 @@ def padding_efficiency(histogram, buckets):
   return float(np.sum(c[ok] * (s[ok] + t[ok] + 1)) / np.sum(c[ok] * sizes[first[ok]]))
 
 
-def choose_buckets(histogram, count, rounds=50):
-  """Up to `count` increasing buckets that hold every pair with little padding.
+def choose_buckets(histogram, count):
+  """The at most `count` buckets that hold every pair in the fewest padded slots.
 
-  Candidate lengths are the distinct source lengths and target lengths + 1 (a
-  boundary between two of them only adds padding). The last bucket is the
-  largest of both. The others start at length quantiles; then each bucket in
-  turn moves to the point between its neighbours with the fewest padded slots,
-  until none moves. This local optimum matches the exact optimum on Multi30k
-  for N <= 4 and is within 0.5% of it for N <= 8. Buckets left holding no pair
-  are dropped, so fewer than `count` come back when the lengths allow no more.
+  Exact, by dynamic programming over chains of strictly increasing buckets
+  ending at the largest pair (max s, max t + 1): least[k][P] is the fewest
+  slots that k + 1 buckets, the largest being P, spend on the pairs fitting P.
+  A chain of fewer buckets wins ties, so no bucket comes back empty.
   """
-  grid = _Grid(histogram)
-  count = min(count, len(grid.xs), len(grid.ys))
-  chain = np.stack([_quantile_start(grid.source_cdf, count),
-                    _quantile_start(grid.target_cdf, count)])  # [2, K] grid indices
-  for _ in range(rounds):
-    if not any([_improve(grid, chain, k) for k in range(count - 1)]):
-      break
-  held = np.diff(grid.cumulative[chain[0], chain[1]], prepend=0)
-  return [(int(grid.xs[a]), int(grid.ys[b])) for a, b in chain[:, held > 0].T]
+  grid = _Grid(histogram, count)
+  least = [grid.size * grid.held]
+  for _ in range(count - 1):
+    least.append(_add_bucket_below(grid, least[-1]))
+  used = int(np.argmin([layer[-1, -1] for layer in least])) + 1
+  return [(int(grid.xs[a]), int(grid.ys[b])) for a, b in _backtrack(grid, least[:used])]
 
 
 class _Grid:
-  """A length histogram on the grid of distinct lengths.
+  """The candidate bucket lengths and how many pairs each candidate bucket holds.
 
-  xs: [S] distinct source lengths; ys: [T] distinct target lengths + 1 (raised
-  to the smallest legal bucket); cumulative: [S, T] pairs with s <= xs[a] and
-  t + 1 <= ys[b]; source_cdf [S], target_cdf [T]: share of pairs up to each.
+  Candidates are each distinct source length (target length + 1) and the
+  count - 1 lengths above it: in an optimal chain each bucket's length is one
+  of those or its predecessor's + 1 (lowering a bucket to the next length
+  present loses no pair). xs: [S] source, ys: [T] target candidates;
+  held: [S, T] pairs with s <= xs[a] and t + 1 <= ys[b]; size: [S, T] xs + ys.
   """
 
-  def __init__(self, histogram):
+  def __init__(self, histogram, count):
     s, t, c = histogram.arrays()
     if c.sum() == 0:
       raise UserError("cannot choose buckets: no pairs")
-    self.xs, a = np.unique(np.maximum(s, 1), return_inverse=True)
-    self.ys, b = np.unique(np.maximum(t + 1, 2), return_inverse=True)
+    s, o = np.maximum(s, 1), np.maximum(t + 1, 2)
+    self.xs = _candidates(np.append(s, 1), count)
+    self.ys = _candidates(np.append(o, 2), count)
     counts = np.zeros((len(self.xs), len(self.ys)), np.int64)
-    np.add.at(counts, (a, b), c)
-    self.cumulative = counts.cumsum(0).cumsum(1)
-    self.source_cdf = self.cumulative[:, -1] / c.sum()
-    self.target_cdf = self.cumulative[-1, :] / c.sum()
-
-  def size(self, a, b):
-    """Slots I + O of the buckets at grid points (a, b)."""
-    return self.xs[a] + self.ys[b]
+    np.add.at(counts, (np.searchsorted(self.xs, s), np.searchsorted(self.ys, o)), c)
+    self.held = counts.cumsum(0).cumsum(1)
+    self.size = self.xs[:, None] + self.ys[None, :]
 
 
-def _quantile_start(cdf, count):
-  """[count] strictly increasing grid indices near the k/count quantiles, the last at the top."""
-  top, k = len(cdf) - 1, np.arange(count)
-  start = np.clip(np.searchsorted(cdf, (k + 1) / count - 1e-9), k, top - k[::-1])
-  start[-1] = top
-  return np.maximum.accumulate(start - k) + k
+def _candidates(lengths, count):
+  """Sorted distinct lengths and the count - 1 above each, none above the largest."""
+  values = np.unique(np.unique(lengths)[:, None] + np.arange(count)[None, :])
+  return values[values <= lengths.max()]
 
 
-def _improve(grid, chain, k):
-  """Moves bucket k of `chain` ([2, K], K > k + 1) to its best point; True if it moved.
+def _add_bucket_below(grid, least):
+  """least[k + 1] from least[k]: [S, T] -> [S, T] (inf where no chain fits).
 
-  Only buckets k and k + 1 change their pairs: k holds those between k - 1 and
-  its point, k + 1 the rest up to its own point.
+  A chain ending at P adds P to a chain ending at some P' < P in both lengths;
+  P then holds the held[P] - held[P'] pairs the smaller chain left out:
+  least'[P] = size[P] * held[P] + min over P' < P of (least[P'] - size[P] * held[P']).
+  The minimum over the quadrant below P is a running minimum along both axes,
+  taken once per distinct bucket size over the part of the grid it can reach.
   """
-  below = grid.cumulative[chain[0, k - 1], chain[1, k - 1]] if k else 0
-  up_size = grid.size(*chain[:, k + 1])
-  up_held = grid.cumulative[chain[0, k + 1], chain[1, k + 1]]
+  below = np.full(least.shape, np.inf)
+  for size in np.unique(grid.size):
+    a = np.searchsorted(grid.xs, size - grid.ys[0], "right")  # rows and columns a bucket
+    b = np.searchsorted(grid.ys, size - grid.xs[0], "right")  # of this size can reach
+    lowest = np.minimum.accumulate(np.minimum.accumulate(
+        least[:a, :b] - size * grid.held[:a, :b], 0), 1)
+    here = grid.size[1:a, 1:b] == size
+    below[1:a, 1:b][here] = lowest[:-1, :-1][here]
+  return grid.size * grid.held + below
 
-  def slots(a, b):
-    held = grid.cumulative[a, b]
-    return grid.size(a, b) * (held - below) + up_size * (up_held - held)
 
-  ranges = [np.arange(chain[d, k - 1] + 1 if k else 0, chain[d, k + 1]) for d in (0, 1)]
-  a, b = (v.ravel() for v in np.meshgrid(*ranges, indexing="ij"))
-  trial = slots(a, b)
-  best = int(np.argmin(trial))
-  if trial[best] < slots(chain[0, k], chain[1, k]):
-    chain[:, k] = a[best], b[best]
-    return True
-  return False
+def _backtrack(grid, least):
+  """The grid points (a, b) of the chain behind least[-1] at the largest bucket, smallest first."""
+  chain = [(len(grid.xs) - 1, len(grid.ys) - 1)]
+  for layer in reversed(least[:-1]):
+    a, b = chain[-1]
+    options = layer[:a, :b] - grid.size[a, b] * grid.held[:a, :b]
+    chain.append(np.unravel_index(np.argmin(options), options.shape))
+  return chain[::-1]
