@@ -103,17 +103,26 @@ class Translator:
     """
     check_search(beam_size, length_penalty, max_length_ratio, n_best, batch_size)
     sources = self.source_spm.encode(list(lines))
-    if beam_size == 1:
-      outputs, truncated = decoding.greedy_ids(
-          self.session, self.graph.greedy, self.buckets, sources, batch_size, max_length_ratio)
-      found = [[decoding.Hypothesis(ids, None)] for ids in outputs]
-    else:
-      found, truncated = decoding.beam_search(
-          self.session, self.graph, self.top_k, self.buckets, sources, beam_size, batch_size,
-          length_penalty=length_penalty, n_best=n_best, max_length_ratio=max_length_ratio)
+    found, truncated = self._decode(sources, beam_size, length_penalty, max_length_ratio, n_best,
+                                    batch_size)
     texts = iter(self.target_spm.decode([h.ids for line in found for h in line]))
     hypotheses = [[Translated(next(texts), h.score) for h in line] for line in found]
     return Translations(hypotheses, [Truncation(i, len(sources[i])) for i in truncated])
+
+  def warm_up(self, beam_size=1):
+    """Runs each bucket's decoder once: a graph's first run is slow, later ones are not."""
+    self._decode([[vocab.UNK_ID] * source_len for source_len, _ in self.buckets], beam_size,
+                 0.0, 2.0, 1, 1)
+
+  def _decode(self, sources, beam_size, length_penalty, max_length_ratio, n_best, batch_size):
+    """sources: id lists -> (per source a list of decoding.Hypothesis, truncated indices)."""
+    if beam_size == 1:
+      outputs, truncated = decoding.greedy_ids(
+          self.session, self.graph.greedy, self.buckets, sources, batch_size, max_length_ratio)
+      return [[decoding.Hypothesis(ids, None)] for ids in outputs], truncated
+    return decoding.beam_search(
+        self.session, self.graph, self.top_k, self.buckets, sources, beam_size, batch_size,
+        length_penalty=length_penalty, n_best=n_best, max_length_ratio=max_length_ratio)
 
   def close(self):
     self.session.close()

@@ -1,0 +1,106 @@
+"""s2s-decode: translate with a trained model, interactively or in batch.
+
+Interactive when stdin is a terminal and no --input is given: the model loads
+once, then each typed line is translated as soon as it is entered; Ctrl-D quits.
+Otherwise every input line is read, decoded in batches grouped by bucket, and
+written in input order, one line out per line in (an empty line gives an empty
+line). With --n_best=N > 1 each input line gives up to N lines
+'LINE<TAB>SCORE<TAB>TRANSLATION', best first, LINE counting input lines from 1.
+"""
+
+import os
+import sys
+import time
+
+from absl import flags
+
+from seq2seq_buckets import evaluation
+from seq2seq_buckets.cli import common
+from seq2seq_buckets.cli import translation_flags
+
+flags.DEFINE_string("input", None, "Text to translate, one sentence a line (default: stdin).")
+flags.DEFINE_string("output", None, "Where translations go (default: stdout).")
+flags.DEFINE_integer("n_best", 1, "Hypotheses per input line; above 1, each is written as "
+                     "'LINE<TAB>SCORE<TAB>TRANSLATION' (needs --beam_size >= n_best).")
+flags.mark_flag_as_required("train_dir")
+FLAGS = flags.FLAGS
+
+PROMPT = "> "
+
+
+def format_lines(translations, n_best, first_line=1):
+  """Translations -> output lines: the best text per input, or n-best 'LINE\\tSCORE\\tTEXT'."""
+  if n_best == 1:
+    return [hypotheses[0].text for hypotheses in translations.hypotheses]
+  return [f"{first_line + i}\t{h.score:.4f}\t{h.text}"
+          for i, hypotheses in enumerate(translations.hypotheses) for h in hypotheses]
+
+
+def _open_output():
+  """--output (its directory must exist) or stdout, as UTF-8 text."""
+  if not FLAGS.output:
+    return open(sys.stdout.fileno(), "w", encoding="utf-8", closefd=False)
+  try:
+    return open(FLAGS.output, "w", encoding="utf-8")
+  except OSError as e:
+    raise common.UserError(f"{FLAGS.output}: cannot write ({e.strerror})") from None
+
+
+def _stdin():
+  return open(sys.stdin.fileno(), encoding="utf-8", newline="\n", closefd=False)
+
+
+def _read_input():
+  if FLAGS.input:
+    return evaluation.read_lines(FLAGS.input)
+  with _stdin() as stdin:
+    return evaluation.lines_of(stdin, "stdin")
+
+
+def _batch():
+  lines = _read_input()
+  with _open_output() as out:
+    translations = translation_flags.translate_all(lines, FLAGS.n_best)
+    out.writelines(line + "\n" for line in format_lines(translations, FLAGS.n_best))
+
+
+def _interactive(options):
+  with translation_flags.load_translator() as translator, _open_output() as out, \
+      _stdin() as stdin:
+    translator.warm_up(options["beam_size"])
+    common.log("type a sentence and press Enter; Ctrl-D quits")
+    count = empty = truncated = 0
+    seconds = 0.0
+    while True:
+      sys.stderr.write(PROMPT)
+      sys.stderr.flush()
+      line = stdin.readline()
+      if not line:
+        break
+      line = line.rstrip("\r\n")
+      count += 1
+      empty += not line.strip()
+      start = time.perf_counter()
+      translations = translator.translate([line], **options)
+      seconds += time.perf_counter() - start
+      truncated += len(translations.truncated)
+      translation_flags.warn_truncated(translations, translator.max_source_pieces, count)
+      out.writelines(text + "\n" for text in format_lines(translations, FLAGS.n_best, count))
+      out.flush()
+  common.log("")
+  common.log(translation_flags.summary(count, empty, truncated, seconds))
+
+
+def main():
+  if FLAGS.input is None and sys.stdin.isatty():
+    _interactive(translation_flags.search_options(FLAGS.n_best))
+  else:
+    _batch()
+
+
+def run():
+  common.run(main)
+
+
+if __name__ == "__main__":
+  run()
