@@ -333,7 +333,11 @@ def prepare(*, train_src, train_tgt, dev_src, dev_tgt, out_dir, buckets="auto:4"
   removes what this call wrote, so out_dir never holds a manifest that lies.
   """
   start = time.time()
-  paths = {"train_src": train_src, "train_tgt": train_tgt, "dev_src": dev_src, "dev_tgt": dev_tgt}
+  paths = {name: os.fspath(path) for name, path in (
+      ("train_src", train_src), ("train_tgt", train_tgt), ("dev_src", dev_src),
+      ("dev_tgt", dev_tgt))}
+  out_dir = os.fspath(out_dir)
+  src_spm_model, tgt_spm_model = (p and os.fspath(p) for p in (src_spm_model, tgt_spm_model))
   spec = bucket_lib.parse_buckets(buckets)
   _check_options(spm_model_type, {"src_vocab_size": src_vocab_size,
                                   "tgt_vocab_size": tgt_vocab_size}, shared_vocab, tgt_spm_model)
