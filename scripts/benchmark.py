@@ -37,6 +37,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -52,8 +53,9 @@ TEST_SET = "test_2016_flickr"
 
 # Settings of the two modes; every value can be overridden by a flag.
 MODES = {
-    "quick": dict(steps=30, speed_steps=8, speed_reps=3, warmup_steps=2, test_lines=100,
-                  interactive_lines=20, matmul_size=2048, matmul_reps=3),
+    # steps 0: no separate trainer run; decoding uses the model of the speed run
+    "quick": dict(steps=0, speed_steps=5, speed_reps=2, warmup_steps=1, test_lines=50,
+                  interactive_lines=10, matmul_size=2048, matmul_reps=3),
     "full": dict(steps=4000, speed_steps=60, speed_reps=5, warmup_steps=5, test_lines=0,
                  interactive_lines=200, matmul_size=4096, matmul_reps=5),
 }
@@ -172,6 +174,7 @@ def _fmt(value, digits=None):
 TABLE_ROWS = [
     ("prepare_s", "prepare Multi30k (s-prepare, auto:4 buckets), s", 1),
     ("graph_build_s", "build training + inference graphs and init, s", 1),
+    ("first_run_s", "first step of every bucket (TensorFlow graph optimisation), s", 1),
     ("train_tokens_per_s_bucketed", "training, target tokens/s, auto:4 buckets", 0),
     ("train_tokens_per_s_padded", "training, target tokens/s, one max-length bucket", 0),
     ("bucket_speedup", "bucket speedup (bucketed / padded)", 2),
@@ -232,7 +235,8 @@ def _goal_text(key, value):
 def markdown_table(results):
   """The README table: a heading line with mode, date and machine, then figure | value | goal."""
   lines = [f"Benchmark ({results.get('mode', '?')} mode, {results.get('date', '?')}; "
-           f"steps {results.get('steps', '?')}): {machine_line(results)}", "",
+           f"model trained {results.get('model_steps', '?')} steps): {machine_line(results)}",
+           "",
            "| figure | value | goal |", "|---|---|---|"]
   for key, label, digits in TABLE_ROWS:
     if results.get(key) is None:
@@ -259,7 +263,12 @@ def run_measured(cmd, env=None, stdout=None, stderr=None, cwd=None):
   """Runs cmd to completion; returns (exit status, wall seconds, peak RSS MB of it)."""
   start = time.time()
   proc = subprocess.Popen(cmd, env=env, stdout=stdout, stderr=stderr, cwd=cwd)
-  _, status, usage = os.wait4(proc.pid, 0)
+  try:
+    _, status, usage = os.wait4(proc.pid, 0)
+  except BaseException:  # interrupted or terminated: take the child down with us
+    proc.kill()
+    proc.wait()
+    raise
   proc.returncode = os.waitstatus_to_exitcode(status)
   return proc.returncode, time.time() - start, usage.ru_maxrss / 1024.0  # KiB on Linux
 
@@ -325,20 +334,28 @@ def _hparams(data_dir, overrides):
 
 
 def worker_speed(a):
-  """Graph build time, then interleaved training-speed repetitions, bucketed vs padded."""
+  """Graph build, first-run cost, then interleaved training-speed repetitions, bucketed vs padded.
+
+  The bucketed model is built and warmed up first and the process's peak RSS is
+  read before the padded model exists (`bucketed_peak_rss_mb`). With a["save_dir"]
+  the bucketed model is saved there as a train_dir (hparams, SentencePiece models,
+  checkpoint) for decoding.
+  """
+  import resource  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from seq2seq_buckets import graphs, shards  # pylint: disable=g-import-not-at-top
+  from seq2seq_buckets import graphs, shards, trainer  # pylint: disable=g-import-not-at-top
+  from seq2seq_buckets import hparams as hparams_lib  # pylint: disable=g-import-not-at-top
   from seq2seq_buckets.sampler import BucketSampler  # pylint: disable=g-import-not-at-top
   tf1 = tf.compat.v1
-
   runs, out = {}, {}
-  for mode in ("bucketed", "padded"):
+
+  def build(mode):
     data_dir = a["data_dirs"][mode]
     hp, manifest = _hparams(data_dir, a["overrides"])
     start = time.perf_counter()
     tg = graphs.build_training_graph(hp)
-    built = time.perf_counter()
+    out[f"train_graph_build_s_{mode}"] = time.perf_counter() - start
     with tg.graph.as_default():
       nexts = []
       for b, bucket in enumerate(manifest["buckets"]):
@@ -350,28 +367,27 @@ def worker_speed(a):
                                         seed=hp.seed + b)
         nexts.append(tf1.data.make_one_shot_iterator(dataset).get_next())
     session = _session(tg.graph)
-    before_init = time.perf_counter()
+    start = time.perf_counter()
     session.run(tg.init)
-    initialized = time.perf_counter()
-    if mode == "bucketed":
-      out["train_graph_build_s"] = built - start
-      out["init_s"] = initialized - before_init
-      start = time.perf_counter()
-      graphs.build_inference_graph(hp)
-      out["inference_graph_build_s"] = time.perf_counter() - start
-      out["graph_build_s"] = (out["train_graph_build_s"] + out["init_s"] +
-                              out["inference_graph_build_s"])
-      out["buckets"] = hp.buckets
-      out["hparams"] = json.loads(hp.to_json())
-      out["trainable_parameters"] = int(sum(
-          np.prod(v.shape.as_list()) for v in tg.graph.get_collection("trainable_variables")))
+    out[f"init_s_{mode}"] = time.perf_counter() - start
     sizes = [b["pairs"] for b in manifest["buckets"]]
-    runs[mode] = dict(hp=hp, tg=tg, session=session, nexts=nexts,
-                      sampler=BucketSampler(sizes, hp.seed), step=0,
-                      manifest_efficiency=manifest["padding_efficiency"])
+    run = runs[mode] = dict(hp=hp, tg=tg, session=session, nexts=nexts, data_dir=data_dir,
+                            manifest=manifest, sampler=BucketSampler(sizes, hp.seed), step=0)
+    # First run of every bucket's update: TensorFlow prunes, optimises and builds an
+    # executor for each new set of fetches; a user pays this once per bucket.
+    start = time.perf_counter()
+    for b, bt in enumerate(tg.buckets):
+      if nexts[b] is not None:
+        batch = session.run(nexts[b])
+        session.run(bt.update, dict(zip(bt.inputs, batch)))
+    out[f"first_run_s_{mode}"] = time.perf_counter() - start
+    start = time.perf_counter()
+    run_steps(run, a["warmup_steps"])
+    out[f"warmup_s_{mode}"] = time.perf_counter() - start
+    return run
 
   def run_steps(run, count):
-    """count training steps as the trainer runs them (fetch batch, then update)."""
+    """count training steps as the trainer runs them (fetch a batch, then update)."""
     totals = dict(time=0.0, wait=0.0, tokens=0.0, slots=0.0, useful=0.0, executed=0.0)
     hp_dict = json.loads(run["hp"].to_json())
     for _ in range(count):
@@ -386,25 +402,26 @@ def worker_speed(a):
       t2 = time.perf_counter()
       source_len, target_len = run["hp"].buckets[b]
       lengths = batch.source_lengths
-      target_real = batch.target_weights.sum(axis=1)
       totals["time"] += t2 - t0
       totals["wait"] += t1 - t0
       totals["tokens"] += float(tokens)
       totals["slots"] += float(len(lengths) * target_len)
       totals["useful"] += sum(training_flops(hp_dict, int(s), int(t))
-                              for s, t in zip(lengths, target_real))
+                              for s, t in zip(lengths, batch.target_weights.sum(axis=1)))
       totals["executed"] += len(lengths) * training_flops(hp_dict, source_len, target_len)
     return totals
 
-  # Warm up: every bucket's update once (its first run builds executors), then a few steps.
-  for mode, run in runs.items():
-    start = time.perf_counter()
-    for b, bt in enumerate(run["tg"].buckets):
-      if run["nexts"][b] is not None:
-        batch = run["session"].run(run["nexts"][b])
-        run["session"].run(bt.update, dict(zip(bt.inputs, batch)))
-    run_steps(run, a["warmup_steps"])
-    out[f"warmup_{mode}_s"] = time.perf_counter() - start
+  bucketed = build("bucketed")
+  out["bucketed_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+  hp = bucketed["hp"]
+  out["train_graph_build_s"] = out["train_graph_build_s_bucketed"]
+  out["init_s"] = out["init_s_bucketed"]
+  out["first_run_s"] = out["first_run_s_bucketed"]
+  out["buckets"] = hp.buckets
+  out["hparams"] = json.loads(hp.to_json())
+  out["trainable_parameters"] = int(sum(
+      np.prod(v.shape.as_list()) for v in bucketed["tg"].graph.get_collection("trainable_variables")))
+  build("padded")
 
   reps = {mode: [] for mode in runs}
   for r in range(a["reps"]):
@@ -419,10 +436,25 @@ def worker_speed(a):
     seconds = sum(t["time"] for t in totals)
     out[f"input_wait_{mode}"] = sum(t["wait"] for t in totals) / seconds
     out[f"target_padding_efficiency_{mode}"] = tokens / sum(t["slots"] for t in totals)
-    out[f"padding_efficiency_{mode}"] = runs[mode]["manifest_efficiency"]
+    out[f"padding_efficiency_{mode}"] = runs[mode]["manifest"]["padding_efficiency"]
     out[f"useful_flops_per_target_token_{mode}"] = sum(t["useful"] for t in totals) / tokens
     out[f"executed_flops_per_target_token_{mode}"] = sum(t["executed"] for t in totals) / tokens
     out[f"step_s_{mode}"] = seconds / (a["steps"] * a["reps"])
+
+  if a.get("save_dir"):
+    # The bucketed model as a train_dir that decoding reads (the trainer's layout).
+    save_dir = a["save_dir"]
+    os.makedirs(save_dir, exist_ok=True)
+    hparams_lib.save(save_dir, hp)
+    vocab_info = bucketed["manifest"]["vocab"]
+    for side, name in (("source", trainer.SRC_MODEL), ("target", trainer.TGT_MODEL)):
+      shutil.copyfile(os.path.join(bucketed["data_dir"], vocab_info[side]["model"]),
+                      os.path.join(save_dir, name))
+    session = bucketed["session"]
+    step = int(session.run(bucketed["tg"].state.global_step))
+    bucketed["tg"].saver.save(session, os.path.join(save_dir, trainer.CHECKPOINT_PREFIX),
+                              global_step=step)
+    out["saved_model_steps"] = step
   for run in runs.values():
     run["session"].close()
   return out
@@ -469,10 +501,12 @@ def worker_decode(a):
   hp = hparams_lib.load(train_dir)
   src_spm = vocab.load_spm(os.path.join(train_dir, trainer.SRC_MODEL))
   tgt_spm = vocab.load_spm(os.path.join(train_dir, trainer.TGT_MODEL))
+  built = time.perf_counter()
   ig = graphs.build_inference_graph(hp)
+  out = {"inference_graph_build_s": time.perf_counter() - built}
   session = _session(ig.graph)
   ig.saver.restore(session, tf.train.latest_checkpoint(train_dir))
-  out = {"decode_load_s": time.perf_counter() - start}
+  out["decode_load_s"] = time.perf_counter() - start
   sources = _read_lines(a["src"], a["lines"])
   refs = _read_lines(a["ref"], a["lines"])
   batch_size = a["batch_size"]
@@ -492,8 +526,10 @@ def worker_decode(a):
     b = decoding.source_bucket(len(ids), hp.buckets)
     per_bucket.setdefault(len(hp.buckets) - 1 if b is None else b, line)
   warm = list(per_bucket.values())
+  start = time.perf_counter()
   greedy(warm, 1)
   beam(warm, 1)
+  out["decode_first_run_s"] = time.perf_counter() - start
 
   for name, fn in (("greedy", greedy), ("beam", beam)):
     t0 = time.perf_counter()
@@ -676,7 +712,7 @@ def run_peer(args, settings, hp, buckets, data_dir, paths, work, ours):
   lines = write_pieces(src_model, paths["test_src"], os.path.join(peer_dir, "test.src"),
                        settings["test_lines"])
   refs = _read_lines(paths["test_tgt"], settings["test_lines"])
-  steps = settings["steps"]
+  steps = ours["model_steps"]  # as many steps as the model we decode with
   report_every = max(1, min(50, steps // 6))
   config = os.path.join(peer_dir, "config.yaml")
   write_yaml(peer_config(hp, buckets, peer_dir, steps, report_every), config)
@@ -734,6 +770,10 @@ def run_peer(args, settings, hp, buckets, data_dir, paths, work, ours):
 
 # --- the run ----------------------------------------------------------------------------
 
+def _terminated(signum, _):
+  raise SystemExit(128 + signum)
+
+
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(
       description=__doc__.split("\n\n")[0],
@@ -771,6 +811,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
   args = parse_args(argv)
+  signal.signal(signal.SIGTERM, _terminated)
   if args.worker:
     result = WORKERS[args.worker](json.loads(args.worker_args))
     write_json(result, args.worker_out)
@@ -790,7 +831,7 @@ def main(argv=None):
   os.makedirs(work, exist_ok=True)
   started = time.time()
   results = {
-      "mode": mode, "steps": settings["steps"], "settings": settings,
+      "mode": mode, "settings": settings,
       "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
       "machine": {"cpu_model": cpu_model(), "cores": os.cpu_count(), "memory_gib": memory_gib(),
                   "python": platform.python_version(), "load_average": os.getloadavg()[0]},
@@ -816,10 +857,12 @@ def main(argv=None):
                                                  spm_models)
     log(f"prepare {results['prepare_s']:.1f}s (wall, incl. Python and imports)")
 
+    quick_model = os.path.join(work, "model_from_speed_run")
     speed, _ = run_worker("speed", {
         "data_dirs": {"bucketed": bucketed_dir, "padded": padded_dir}, "overrides": overrides,
         "steps": settings["speed_steps"], "reps": settings["speed_reps"],
-        "warmup_steps": settings["warmup_steps"]}, work)
+        "warmup_steps": settings["warmup_steps"],
+        "save_dir": None if settings["steps"] else quick_model}, work)
     results.update(speed)
     results["bucket_speedup"] = ratio(results["train_tokens_per_s_bucketed"],
                                       results["train_tokens_per_s_padded"])
@@ -827,32 +870,42 @@ def main(argv=None):
     results["achieved_gflops"] = (results["train_tokens_per_s_bucketed"] *
                                   results["flops_per_target_token"] / 1e9)
     results["mfu"] = results["achieved_gflops"] / results["matmul_gflops"]
-    # hardware utilisation: FLOPs executed including padded positions
-    results["mfu_executed_bucketed"] = (results["train_tokens_per_s_bucketed"] *
-                                        results["executed_flops_per_target_token_bucketed"] /
-                                        1e9 / results["matmul_gflops"])
-    results["mfu_executed_padded"] = (results["train_tokens_per_s_padded"] *
-                                      results["executed_flops_per_target_token_padded"] /
-                                      1e9 / results["matmul_gflops"])
+    # hardware utilisation: FLOPs executed, padded positions included
+    for mode in ("bucketed", "padded"):
+      results[f"mfu_executed_{mode}"] = (results[f"train_tokens_per_s_{mode}"] *
+                                         results[f"executed_flops_per_target_token_{mode}"] /
+                                         1e9 / results["matmul_gflops"])
     log(f"training {results['train_tokens_per_s_bucketed']:.0f} vs "
         f"{results['train_tokens_per_s_padded']:.0f} tok/s: bucket speedup "
         f"{results['bucket_speedup']:.2f}, mfu {results['mfu']:.3f}")
 
-    train_dir = os.path.join(work, "train")
-    if os.path.exists(train_dir):
-      shutil.rmtree(train_dir)
-    trained, rss = run_worker("train", {"data_dir": bucketed_dir, "train_dir": train_dir,
-                                        "overrides": overrides, "steps": settings["steps"]},
-                              work)
-    results.update(trained)
-    results["train_peak_rss_mb"] = rss
+    if settings["steps"]:
+      # The real trainer for --steps steps: its peak RSS, and the model decoding uses.
+      model_dir = os.path.join(work, "train")
+      if os.path.exists(model_dir):
+        shutil.rmtree(model_dir)
+      trained, rss = run_worker("train", {"data_dir": bucketed_dir, "train_dir": model_dir,
+                                          "overrides": overrides, "steps": settings["steps"]},
+                                work)
+      results.update(trained)
+      results["train_peak_rss_mb"] = rss
+      results["train_peak_rss_source"] = "trainer.train subprocess"
+      results["model_steps"] = settings["steps"]
+    else:
+      # --quick: no separate trainer run; RSS of the speed worker before the padded graph.
+      model_dir = quick_model
+      results["train_peak_rss_mb"] = results["bucketed_peak_rss_mb"]
+      results["train_peak_rss_source"] = "speed worker, bucketed graph only"
+      results["model_steps"] = results["saved_model_steps"]
 
     decoded, rss = run_worker("decode", {
-        "train_dir": train_dir, "src": paths["test_src"], "ref": paths["test_tgt"],
+        "train_dir": model_dir, "src": paths["test_src"], "ref": paths["test_tgt"],
         "lines": settings["test_lines"], "interactive_lines": settings["interactive_lines"],
         "batch_size": settings["batch_size"], "beam": settings["beam"]}, work)
     results.update(decoded)
     results["decode_peak_rss_mb"] = rss
+    results["graph_build_s"] = (results["train_graph_build_s"] + results["init_s"] +
+                                results["inference_graph_build_s"])
 
     if args.peer:
       results.update(run_peer(args, settings, results["hparams"], results["buckets"],

@@ -1,0 +1,71 @@
+"""Smoke tests of scripts/benchmark.py: its CLI starts, and its writers format a given dict.
+
+No timing is run or asserted here.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(REPO, "scripts", "benchmark.py")
+
+
+def _load():
+  spec = importlib.util.spec_from_file_location("benchmark_script", SCRIPT)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+RESULTS = {
+    "mode": "quick", "date": "2026-11-28 10:00", "model_steps": 30,
+    "machine": {"cpu_model": "AMD EPYC 7B13", "cores": 2, "memory_gib": 23.4,
+                "tensorflow": "2.21.0", "python": "3.11.7", "load_average": 3.1},
+    "matmul_gflops": 101.25, "prepare_s": 4.2, "graph_build_s": 12.5,
+    "train_tokens_per_s_bucketed": 6000.0, "train_tokens_per_s_padded": 2000.0,
+    "bucket_speedup": 3.0, "mfu": 0.42, "decode_greedy_sent_per_s": 812.3,
+    "interactive_p50_ms": 9.87, "peer_train_speedup": 1.25, "train_peak_rss_mb": 1500.4,
+    "decode_beam_sent_per_s": None,
+}
+
+
+def test_help_runs():
+  done = subprocess.run([sys.executable, SCRIPT, "--help"], capture_output=True, text=True,
+                        timeout=120, check=False)
+  assert done.returncode == 0, done.stderr
+  assert "--quick" in done.stdout and "--peer" in done.stdout
+
+
+def test_markdown_table_formats_a_given_dict():
+  table = _load().markdown_table(RESULTS)
+  lines = table.splitlines()
+  assert lines[0].startswith("Benchmark (quick mode, 2026-11-28 10:00; model trained 30 steps): AMD EPYC 7B13")
+  assert "2 cores" in lines[0] and "101.2 GFLOP/s" in lines[0] and "load average" in lines[0]
+  assert "| figure | value | goal |" in lines
+  assert "| training, target tokens/s, auto:4 buckets | 6,000 |  |" in lines
+  assert "| bucket speedup (bucketed / padded) | 3.00 | >= 2.5 (met) |" in lines
+  assert "| mfu (achieved / measured matmul peak) | 0.420 | >= 0.5 (missed) |" in lines
+  assert "| interactive greedy p50 / sentence, ms | 9.9 | <= 15 (met) |" in lines
+  assert "| training speedup over OpenNMT-py | 1.25 | >= 1.5 (missed) |" in lines
+  # absent and None figures are left out, not printed as zeros
+  assert "beam 5, sentences/s" not in table
+
+
+def test_write_json_round_trips(tmp_path):
+  path = str(tmp_path / "benchmark.json")
+  _load().write_json(RESULTS, path)
+  with open(path, encoding="utf-8") as f:
+    assert json.load(f) == RESULTS
+  assert not os.path.exists(path + ".tmp")
+
+
+def test_peer_log_parser_reads_onmt_report_lines():
+  text = ("[2026-11-27 10:00:01,000 INFO] Step 50/ 4000; acc: 10.1; ppl: 900.2; xent: 6.8; "
+          "lr: 0.00100; sents:    3200; bsz:   14/  16/64; 1234/1456 tok/s;     21 sec;\n"
+          "[2026-11-27 10:00:20,000 INFO] Step 100/ 4000; acc: 20.0; ppl: 300.0; xent: 5.7; "
+          "lr: 0.00100; sents:    3200; bsz:   14/  16/64; 1300/1500 tok/s;     40 sec;\n")
+  assert _load().parse_peer_train_log(text) == [(50, 1234.0, 1456.0, 21.0),
+                                                (100, 1300.0, 1500.0, 40.0)]
