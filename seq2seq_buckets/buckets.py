@@ -92,12 +92,10 @@ class LengthHistogram:
 
   def add(self, source_lens, target_lens):
     """Counts the pairs of [n] int arrays of source and target lengths."""
-    if len(source_lens) == 0:
-      return
-    keys, counts = np.unique(np.stack([source_lens, target_lens], axis=1), axis=0,
+    keys, counts = np.unique(np.asarray(source_lens, np.int64) << 32 | target_lens,
                              return_counts=True)
-    for (s, t), c in zip(keys.tolist(), counts.tolist()):
-      self.counts[(s, t)] += c
+    for key, c in zip(keys.tolist(), counts.tolist()):
+      self.counts[(key >> 32, key & 0xFFFFFFFF)] += c
 
   def arrays(self):
     """(s, t, count): [n] int64 arrays, one entry per distinct length pair."""

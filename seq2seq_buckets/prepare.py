@@ -1,10 +1,10 @@
 """prepare: SentencePiece models, bucketing, per-bucket shards and the manifest.
 
 `prepare(...)` streams the corpus in chunks of CHUNK_PAIRS pairs, so memory stays
-bounded whatever its size. Each split is encoded once into a spool file (the
-pieces of its non-empty pairs) while its length histogram is counted; 'auto:N'
-buckets are chosen from that histogram, then the spool is cut into per-bucket
-shards. TensorFlow is never imported.
+bounded whatever its size. Each split is encoded once, its non-empty pairs
+framed as TFRecords into a spool file while its length histogram is counted;
+'auto:N' buckets are chosen from that histogram, then each spooled record is
+copied to the shard of its bucket. TensorFlow is never imported.
 """
 
 import codecs
@@ -25,7 +25,7 @@ from seq2seq_buckets import shards
 from seq2seq_buckets import vocab
 from seq2seq_buckets.errors import UserError
 
-CHUNK_PAIRS = 20_000
+CHUNK_PAIRS = 10_000
 SRC_SPM, TGT_SPM, SHARED_SPM = "source.spm", "target.spm", "shared.spm"
 DEV_SRC, DEV_REF = "dev.src.txt", "dev.ref.txt"
 
@@ -100,83 +100,123 @@ def encode_chunks(src_path, tgt_path, src_spm, tgt_spm):
            _flatten(tgt_spm.encode(tgt_lines, num_threads=threads)))
 
 
+def _ahead(iterator):
+  """Yields the items of `iterator` while a thread already computes the next one.
+
+  SentencePiece releases the GIL while it encodes, so the next chunk encodes
+  while this one is framed and spooled.
+  """
+  with concurrent.futures.ThreadPoolExecutor(1) as pool:
+    pending = pool.submit(next, iterator, None)
+    while (item := pending.result()) is not None:
+      pending = pool.submit(next, iterator, None)
+      yield item
+
+
 def _spool_path(out_dir, split):
   return os.path.join(out_dir, f"{split}.spool.partial")
 
 
-def _encode_split(out_dir, split, src_path, tgt_path, src_spm, tgt_spm):
-  """Encodes a split into its spool; returns its Spooled counts."""
+def encode_split(out_dir, split, src_path, tgt_path, src_spm, tgt_spm):
+  """Encodes a split into its spool; returns its Spooled counts.
+
+  The spool holds, per chunk, the non-empty pairs as framed TFRecords (which
+  do not depend on the buckets) and their source and target lengths.
+  """
   histogram = bucket_lib.LengthHistogram()
   chunks = read = empty = 0
   with open(_spool_path(out_dir, split), "wb") as spool:
-    for source, target in encode_chunks(src_path, tgt_path, src_spm, tgt_spm):
+    for source, target in _ahead(encode_chunks(src_path, tgt_path, src_spm, tgt_spm)):
       rows = np.flatnonzero((source[1] > 0) & (target[1] > 0))
       read += len(source[1])
       empty += len(source[1]) - len(rows)
-      for part in (source, target):
-        for array in _take(part, rows, part[1][rows]):
-          np.save(spool, array)
-      histogram.add(source[1][rows], target[1][rows])
+      source, target = (_take(part, rows, part[1][rows]) for part in (source, target))
+      for array in (shards.frame_records(*shards.pair_records(source, target)),
+                    source[1], target[1]):
+        np.save(spool, array)
+      histogram.add(source[1], target[1])
       chunks += 1
   return Spooled(chunks, read, empty, histogram)
 
 
 def _read_spool(out_dir, split, spooled):
-  """Yields the (source, target) chunks _encode_split spooled, then deletes the spool."""
+  """Yields the (framed, source lengths, target lengths) chunks of a spool, then deletes it."""
   path = _spool_path(out_dir, split)
   with open(path, "rb") as spool:
     for _ in range(spooled.chunks):
-      yield tuple((np.load(spool), np.load(spool)) for _ in range(2))
+      yield np.load(spool), np.load(spool), np.load(spool)
   os.remove(path)
 
 
-def _fit(source, target, buckets, truncate):
-  """Bucket of every pair of a chunk; truncates or drops the pairs that fit none.
+def _truncated(framed, starts, s, t, bucket):
+  """Framed records of pairs cut to fit `bucket`, read back from their framed records.
 
-  Returns (bucket [n] int64 with -1 for dropped pairs, source lengths,
-  target lengths after truncation, number truncated).
+  framed, starts: the pairs' framed records and where each starts; s, t: [n]
+  lengths. Returns (framed, cut s, cut t).
   """
-  s, t = source[1], target[1]
-  index = bucket_lib.bucket_indices(s, t, buckets)
-  too_long = index < 0
-  if not truncate or not too_long.any():
-    return index, s, t, 0
-  cut_s, cut_t = bucket_lib.truncate_to(s, t, buckets[-1])
-  index[too_long] = len(buckets) - 1
-  return index, np.where(too_long, cut_s, s), np.where(too_long, cut_t, t), int(too_long.sum())
+  cut_s, cut_t = bucket_lib.truncate_to(s, t, bucket)
+  first = starts + shards.HEADER_WORDS + 2  # past the length header and [s, t]
+  source = framed[shards.segment_indices(first, cut_s)]
+  target = framed[shards.segment_indices(first + s, cut_t)]
+  records = shards.pair_records((source, cut_s), (target, cut_t))
+  return shards.frame_records(*records), cut_s, cut_t
 
 
-def _write_split(out_dir, split, spooled, buckets, truncate):
-  """Cuts a spooled split into per-bucket shards; returns its counts and written histogram."""
-  stats = [{"source_length": i, "target_length": o, "pairs": 0, "source_tokens": 0,
-            "target_tokens": 0} for i, o in buckets]
-  dropped = {"empty_line": spooled.empty, "too_long": 0}
-  truncated = 0
-  histogram = bucket_lib.LengthHistogram()
+class _SplitCounts:
+  """What write_split counts: pairs and tokens per bucket, drops, truncations, lengths."""
+
+  def __init__(self, buckets, spooled):
+    self.buckets = [{"source_length": i, "target_length": o, "pairs": 0, "source_tokens": 0,
+                     "target_tokens": 0} for i, o in buckets]
+    self.dropped = {"empty_line": spooled.empty, "too_long": 0}
+    self.read, self.truncated = spooled.read, 0
+    self.histogram = bucket_lib.LengthHistogram()
+
+  def add(self, bucket_id, s, t):
+    """Counts pairs written to a bucket; s, t: [n] lengths."""
+    stat = self.buckets[bucket_id]
+    stat["pairs"] += len(s)
+    stat["source_tokens"] += int(s.sum())
+    stat["target_tokens"] += int(t.sum()) + len(t)  # + EOS
+    self.histogram.add(s, t)
+
+  def summary(self, files):
+    for stat, names in zip(self.buckets, files):
+      stat["shards"] = names
+    return {"buckets": self.buckets, "read": self.read,
+            "written": sum(b["pairs"] for b in self.buckets), "dropped": self.dropped,
+            "truncated": self.truncated}
+
+
+def write_split(out_dir, split, spooled, buckets, truncate):
+  """Sends each spooled pair to the shards of its bucket; returns (counts, written histogram).
+
+  A pair that fits no bucket is dropped, or with `truncate` cut to the last one.
+  """
+  counts = _SplitCounts(buckets, spooled)
   writer = shards.ShardWriter(out_dir, split, len(buckets))
   try:
-    for source, target in _read_spool(out_dir, split, spooled):
-      index, s, t, cut = _fit(source, target, buckets, truncate)
-      truncated += cut
-      dropped["too_long"] += int(np.sum(index < 0))
-      rows = np.argsort(index, kind="stable")[np.sum(index < 0):]  # by bucket, input order within
-      words, lengths = shards.pair_records(_take(source, rows, s[rows]),
-                                           _take(target, rows, t[rows]))
-      histogram.add(s[rows], t[rows])
-      ends = np.concatenate([[0], np.cumsum(lengths)])
-      bounds = np.searchsorted(index[rows], np.arange(len(buckets) + 1))
-      for b, (lo, hi) in enumerate(zip(bounds, bounds[1:])):
-        if hi > lo:
-          writer.write(b, words[ends[lo]:ends[hi]], lengths[lo:hi])
-          stats[b]["pairs"] += int(hi - lo)
-          stats[b]["source_tokens"] += int(s[rows[lo:hi]].sum())
-          stats[b]["target_tokens"] += int(t[rows[lo:hi]].sum()) + int(hi - lo)
+    for framed, s, t in _read_spool(out_dir, split, spooled):
+      index = bucket_lib.bucket_indices(s, t, buckets)
+      lengths = shards.framed_pair_lengths(s, t)
+      starts = np.cumsum(lengths) - lengths
+      for b in range(len(buckets)):
+        rows = np.flatnonzero(index == b)
+        if len(rows):
+          writer.write(b, framed[shards.segment_indices(starts[rows], lengths[rows])],
+                       lengths[rows])
+          counts.add(b, s[rows], t[rows])
+      rows = np.flatnonzero(index < 0)
+      if truncate and len(rows):
+        cut, cut_s, cut_t = _truncated(framed, starts[rows], s[rows], t[rows], buckets[-1])
+        writer.write(len(buckets) - 1, cut, shards.framed_pair_lengths(cut_s, cut_t))
+        counts.add(len(buckets) - 1, cut_s, cut_t)
+        counts.truncated += len(rows)
+      else:
+        counts.dropped["too_long"] += len(rows)
   finally:
     writer.close()
-  for stat, files in zip(stats, writer.files):
-    stat["shards"] = files
-  return {"buckets": stats, "read": spooled.read, "written": sum(s["pairs"] for s in stats),
-          "dropped": dropped, "truncated": truncated}, histogram
+  return counts.summary(writer.files), counts.histogram
 
 
 def _check_inputs(paths):
@@ -300,16 +340,16 @@ def _prepare_into(out_dir, paths, spec, settings, inputs, spm_models, log):
   """The work of prepare() once out_dir is clear; returns the manifest."""
   src_spm, tgt_spm, vocab_info = _build_vocabs(
       out_dir, paths["train_src"], paths["train_tgt"], settings, *spm_models, log)
-  spooled = {split: _encode_split(out_dir, split, paths[f"{split}_src"], paths[f"{split}_tgt"],
+  spooled = {split: encode_split(out_dir, split, paths[f"{split}_src"], paths[f"{split}_tgt"],
                                   src_spm, tgt_spm) for split in ("train", "dev")}
   if not spooled["train"].histogram.counts:
     raise UserError(f"{paths['train_src']}: empty corpus (every line pair has an empty side)")
   buckets = _choose(spec, spooled["train"].histogram, log)
-  train, histogram = _write_split(out_dir, "train", spooled["train"], buckets, settings["truncate"])
+  train, histogram = write_split(out_dir, "train", spooled["train"], buckets, settings["truncate"])
   if train["written"] == 0:
     raise UserError(f"{paths['train_src']}: no pair fits the buckets "
                     f"{bucket_lib.format_buckets(buckets)}")
-  dev, _ = _write_split(out_dir, "dev", spooled["dev"], buckets, settings["truncate"])
+  dev, _ = write_split(out_dir, "dev", spooled["dev"], buckets, settings["truncate"])
   shutil.copyfile(paths["dev_src"], os.path.join(out_dir, DEV_SRC))
   shutil.copyfile(paths["dev_tgt"], os.path.join(out_dir, DEV_REF))
   manifest = dict(train)

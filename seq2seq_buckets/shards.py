@@ -17,6 +17,7 @@ from seq2seq_buckets.batches import BatchedInput
 from seq2seq_buckets.vocab import EOS_ID, GO_ID
 
 PAIRS_PER_SHARD = 100_000
+HEADER_WORDS = 3  # of a framed record, before its data: uint64 byte length, its crc
 _CRC_MASK_DELTA = 0xA282EAD8
 
 
@@ -79,23 +80,29 @@ def masked_crc32c(words, lengths):
   return out
 
 
+def framed_pair_lengths(source_lens, target_lens):
+  """Words of each framed pair record: header, [s, t], the pieces, data crc. [n] -> [n]."""
+  return HEADER_WORDS + 2 + source_lens + target_lens + 1
+
+
 def frame_records(words, lengths):
-  """TFRecord file bytes for records back to back in `words` (see pair_records).
+  """TFRecord framing of records back to back in `words` (see pair_records).
 
   Each record becomes [byte length: uint64][masked crc of the length: uint32]
-  [data][masked crc of the data: uint32], all little-endian.
+  [data][masked crc of the data: uint32]. Returns [sum(lengths + 4)] uint32,
+  little-endian: the bytes of a TFRecord file holding these records in order.
   """
   n = len(lengths)
   header = np.zeros((n, 2), np.uint32)
   header[:, 0] = lengths * 4
-  framed_lengths = lengths + 4
+  framed_lengths = lengths + HEADER_WORDS + 1
   starts = np.cumsum(framed_lengths) - framed_lengths
   out = np.empty(int(framed_lengths.sum()), "<u4")
   out[starts], out[starts + 1] = header[:, 0], 0
   out[starts + 2] = masked_crc32c(header.ravel(), np.full(n, 2))
-  out[segment_indices(starts + 3, lengths)] = words
-  out[starts + 3 + lengths] = masked_crc32c(words, lengths)
-  return out.tobytes()
+  out[segment_indices(starts + HEADER_WORDS, lengths)] = words
+  out[starts + HEADER_WORDS + lengths] = masked_crc32c(words, lengths)
+  return out
 
 
 class ShardWriter:
@@ -111,17 +118,15 @@ class ShardWriter:
     self._counts = [0] * num_buckets
     self.files = [[] for _ in range(num_buckets)]
 
-  def write(self, bucket_id, words, lengths):
-    """Appends records (see pair_records) to the shards of `bucket_id`."""
-    ends = np.cumsum(lengths)
+  def write(self, bucket_id, framed, framed_lengths):
+    """Appends framed records (see frame_records) of framed_lengths[i] words each."""
+    ends = np.cumsum(framed_lengths)
     done = 0
-    while done < len(lengths):
+    while done < len(framed_lengths):
       if self._files[bucket_id] is None or self._counts[bucket_id] == PAIRS_PER_SHARD:
         self._roll(bucket_id)
-      take = min(len(lengths) - done, PAIRS_PER_SHARD - self._counts[bucket_id])
-      first = ends[done - 1] if done else 0
-      self._files[bucket_id].write(
-          frame_records(words[first:ends[done + take - 1]], lengths[done:done + take]))
+      take = min(len(framed_lengths) - done, PAIRS_PER_SHARD - self._counts[bucket_id])
+      self._files[bucket_id].write(framed[ends[done - 1] if done else 0:ends[done + take - 1]])
       self._counts[bucket_id] += take
       done += take
 

@@ -55,11 +55,11 @@ def test_frame_records_equals_tensorflow_writer(tmp_path):
     for src, tgt in zip(sources, targets):
       writer.write(np.array([len(src), len(tgt), *src, *tgt], "<i4").tobytes())
   with open(path, "rb") as f:
-    assert shards.frame_records(words, lengths) == f.read()
+    assert shards.frame_records(words, lengths).tobytes() == f.read()
 
 
 def test_frame_records_of_nothing():
-  assert shards.frame_records(np.zeros(0, np.uint32), np.zeros(0, np.int64)) == b""
+  assert shards.frame_records(np.zeros(0, np.uint32), np.zeros(0, np.int64)).tobytes() == b""
 
 
 def write_bucket(out_dir, split, sources, targets, chunks=1):
@@ -67,7 +67,7 @@ def write_bucket(out_dir, split, sources, targets, chunks=1):
   for part in np.array_split(np.arange(len(sources)), chunks):
     words, lengths = shards.pair_records(flat([sources[i] for i in part]),
                                          flat([targets[i] for i in part]))
-    writer.write(0, words, lengths)
+    writer.write(0, shards.frame_records(words, lengths), lengths + 4)
   writer.close()
   return [os.path.join(str(out_dir), name) for name in writer.files[0]]
 
@@ -81,7 +81,7 @@ def test_writer_rolls_shards_and_leaves_no_partial(tmp_path, monkeypatch):
   assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(f) for f in files)
   words, lengths = shards.pair_records(flat(sources), flat(targets))
   data = b"".join(open(f, "rb").read() for f in files)
-  assert data == shards.frame_records(words, lengths)
+  assert data == shards.frame_records(words, lengths).tobytes()
 
 
 def read_all(files, bucket, batch_size):
