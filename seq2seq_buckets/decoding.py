@@ -68,7 +68,7 @@ def plan_batches(sources, buckets, batch_size):
 
 
 def output_limit(source_len, target_len, max_length_ratio):
-  """Most output pieces (EOS not counted) for source_len source pieces in a bucket with O = target_len.
+  """Most output pieces (EOS not counted) for source_len pieces in a bucket with O = target_len.
 
   max_length_ratio * source_len + LENGTH_SLACK, at most O - 1 (the bucket rule
   keeps a decoder slot for EOS) and at least 1.
@@ -97,16 +97,17 @@ def greedy_ids(session, greedy_ops, buckets, sources, batch_size, max_length_rat
     ids = session.run(ops.ids, {ops.encoder_inputs: padded.encoder_inputs,
                                 ops.source_lengths: padded.source_lengths})
     for row, i in enumerate(batch.indices):
-      outputs[i] = cut_at_eos(ids[row, :output_limit(len(chunk[row]), bucket[1], max_length_ratio)])
+      limit = output_limit(len(chunk[row]), bucket[1], max_length_ratio)
+      outputs[i] = cut_at_eos(ids[row, :limit])
   return outputs, plan.truncated
 
 
 def add_top_k(graph):
   """Adds per-row best next pieces to graph's step ops (before graph.graph.finalize()).
 
-  graph: graphs.InferenceGraph -> TopK(count [] int32 placeholder, log_probs [N, count]
-  float32 descending, ids [N, count] int32), so beam search fetches 2k numbers a row
-  instead of V.
+  graph: graphs.InferenceGraph -> TopK(count [] int32 placeholder, log_probs
+  [N, count] float32 descending, ids [N, count] int32): beam search fetches 2k
+  numbers a row instead of V.
   """
   with graph.graph.as_default(), tf.name_scope("step_top_k"):
     count = tf.compat.v1.placeholder(tf.int32, [], "count")
@@ -136,7 +137,7 @@ class StepDecoder:
     ops, top = self.step_ops, self.top_k
     feed = {ops.tokens: tokens, ops.output: recurrent.output, ops.memory: encoded.memory,
             ops.keys: encoded.keys, ops.source_lengths: encoded.source_lengths,
-            top.count: min(count, self.step_ops.log_probs.shape[1])}
+            top.count: min(count, ops.log_probs.shape[1])}
     feed.update(zip(ops.states, recurrent.states))
     log_probs, ids, output, states = self.session.run(
         [top.log_probs, top.ids, ops.new_output, ops.new_states], feed)
@@ -144,7 +145,7 @@ class StepDecoder:
 
 
 def take_rows(arrays, rows):
-  """arrays: Encoded or Recurrent (fields [N, ...] arrays or lists of them) -> rows `rows` [N']."""
+  """arrays: Encoded or Recurrent (fields [N, ...] arrays, or lists of them) -> rows [N']."""
   return type(arrays)(*[[a[rows] for a in field] if isinstance(field, list) else field[rows]
                         for field in arrays])
 
@@ -153,10 +154,10 @@ def beam_search(session, graph, top_k, buckets, sources, beam_size, batch_size,
                 length_penalty=0.0, n_best=1, max_length_ratio=2.0):
   """Beam search for every source through the per-bucket encoders and the step graph.
 
-  graph: graphs.InferenceGraph; top_k: add_top_k(graph); batch_size counts sentences (a session.run holds
-  up to batch_size * beam_size rows). Returns (per source its n_best best
-  Hypothesis, best first ([Hypothesis([], 0.0)] for an empty source), indices
-  of truncated sources).
+  graph: graphs.InferenceGraph; top_k: add_top_k(graph); batch_size counts
+  sentences (a session.run holds up to batch_size * beam_size rows). Returns
+  (per source its n_best best Hypothesis, best first ([Hypothesis([], 0.0)]
+  for an empty source), indices of truncated sources).
   """
   plan = plan_batches(sources, buckets, batch_size)
   results = [[Hypothesis([], 0.0)] for _ in plan.sources]
@@ -179,14 +180,16 @@ def length_penalty_factor(length, alpha):
 def search_batch(decoder, sources, limits, beam_size, alpha, n_best):
   """Beam search for one batch of sentences, all at once.
 
-  decoder: like StepDecoder, encode(sources) -> (Encoded, Recurrent) with n rows
-  and step(Encoded, Recurrent, tokens [N], count) -> (log_probs [N, c], ids
-  [N, c], Recurrent) for the c <= count likeliest next pieces of each row. limits: per sentence the most output pieces. Each step extends
-  every live beam, ranks the 2k best candidates of a sentence, moves those that
-  end (EOS, or the limit reached) and rank above the k-th live one to the
-  sentence's finished list, and keeps the k best others live. A sentence stops
-  when its n_best-th finished score beats what any live beam can still reach;
-  stopped sentences leave the batch, so later steps run fewer rows.
+  decoder: like StepDecoder, encode(sources) -> (Encoded, Recurrent) with n rows,
+  step(Encoded, Recurrent, tokens [N], count) -> (log_probs [N, c], ids [N, c],
+  Recurrent) for the c <= count likeliest next pieces of each row. limits: per
+  sentence the most output pieces; alpha: the GNMT length penalty.
+
+  Each step extends every live beam and ranks a sentence's 2k best candidates.
+  Those that end (EOS, or the limit reached) and rank above the k-th live one
+  join the sentence's finished list; the k best others stay live. A sentence
+  stops when its n_best-th finished score is at least what any live beam can
+  still reach; stopped sentences leave the batch, so later steps run fewer rows.
   Returns per sentence its n_best best Hypothesis, best first.
   """
   k, n = beam_size, len(sources)
@@ -194,42 +197,31 @@ def search_batch(decoder, sources, limits, beam_size, alpha, n_best):
   encoded, recurrent = decoder.encode(sources)
   tiled = np.repeat(np.arange(n), k)
   encoded, recurrent = take_rows(encoded, tiled), take_rows(recurrent, tiled)
-  active = np.arange(n)  # the sentence of each batch slot
-  scores = np.full([n, k], -np.inf)  # summed log-probs of live beams, float64
-  scores[:, 0] = 0.0  # one live beam at the start
-  paths = np.zeros([n, k, 0], np.int32)
+  active = np.arange(n)  # the sentence in each batch slot
+  scores = np.full([n, k], -np.inf)  # log-prob sums of the live beams [m, k] float64
+  scores[:, 0] = 0.0  # a single live beam at the start
+  paths = np.zeros([n, k, 0], np.int32)  # their pieces [m, k, t]
   tokens = np.full([n * k], GO_ID, np.int32)
   finished = [[] for _ in range(n)]
-  threshold = np.full(n, -np.inf)  # n_best-th finished score, per sentence
+  threshold = np.full(n, -np.inf)  # per sentence its n_best-th finished score
   for t in range(int(limits.max())):
-    log_probs, ids, recurrent = decoder.step(encoded, recurrent, tokens, 2 * k)
-    m, c = ids.shape[0] // k, ids.shape[1]
-    # a sentence's 2k best extensions are among its beams' 2k best each
-    total = (scores[:, :, None] + log_probs.reshape(m, k, c)).reshape(m, k * c)
-    candidates, cand_scores = _best(total, 2 * k)
-    parent = candidates // c
-    token = np.take_along_axis(ids.reshape(m, k * c), candidates, 1)
+    log_probs, piece_ids, recurrent = decoder.step(encoded, recurrent, tokens, 2 * k)
+    parent, token, cand_scores = _rank_extensions(scores, log_probs, piece_ids, 2 * k)
     ends = (token == EOS_ID) | (t + 1 >= limits[active])[:, None]
     live_above = np.cumsum(~ends, axis=1) - ~ends
     usable = np.isfinite(cand_scores) & (live_above < k)
     for row, col in zip(*np.nonzero(ends & usable)):
-      s, ids = active[row], paths[row, parent[row, col]].tolist()
-      if token[row, col] != EOS_ID:
-        ids.append(int(token[row, col]))
-      score = cand_scores[row, col] / length_penalty_factor(t + 1, alpha)
-      threshold[s] = _add_finished(finished[s], Hypothesis(ids, float(score)), n_best)
-    keep = usable & ~ends
-    pick = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # the first k live candidates
-    scores = np.where(np.take_along_axis(keep, pick, 1),
-                      np.take_along_axis(cand_scores, pick, 1), -np.inf)
-    parent = np.take_along_axis(parent, pick, 1)
-    token = np.take_along_axis(token, pick, 1)
+      s = active[row]
+      hypothesis = _ended(paths[row, parent[row, col]], token[row, col],
+                          cand_scores[row, col] / length_penalty_factor(t + 1, alpha))
+      threshold[s] = _add_finished(finished[s], hypothesis, n_best)
+    scores, parent, token = _first_live(usable & ~ends, cand_scores, parent, token, k)
     paths = np.concatenate([np.take_along_axis(paths, parent[:, :, None], 1),
                             token[:, :, None]], axis=2)
-    # log-probs are <= 0, so a live beam can at best keep its score until the limit
+    # log-probs are <= 0: a live beam at best keeps its score up to the limit
     reachable = scores.max(axis=1) / length_penalty_factor(limits[active], alpha)
     stay = (threshold[active] < reachable) & (t + 1 < limits[active])
-    slots = np.arange(m)
+    slots = np.arange(len(active))
     if not stay.all():
       slots, active = slots[stay], active[stay]
       if not len(active):
@@ -241,8 +233,23 @@ def search_batch(decoder, sources, limits, beam_size, alpha, n_best):
   return finished
 
 
+def _rank_extensions(scores, log_probs, piece_ids, count):
+  """The `count` best extensions of each sentence's beams, best first.
+
+  scores [m, k] float64; log_probs, piece_ids [m*k, c]: each row's likeliest
+  next pieces -> (parent beam, piece, score), each [m, count]. A sentence's
+  count best extensions are among its beams' count best each.
+  """
+  m, k = scores.shape
+  c = piece_ids.shape[1]
+  total = (scores[:, :, None] + log_probs.reshape(m, k, c)).reshape(m, k * c)
+  candidates, cand_scores = _best(total, count)
+  token = np.take_along_axis(piece_ids.reshape(m, k * c), candidates, 1)
+  return candidates // c, token, cand_scores
+
+
 def _best(x, count):
-  """x [m, C] -> (column indices [m, c], values [m, c]) of the c = min(count, C) largest, descending."""
+  """x [m, C] -> (columns, values) [m, min(count, C)] of each row's largest, descending."""
   if count < x.shape[1]:
     top = np.argpartition(-x, count - 1, axis=1)[:, :count]
   else:
@@ -250,6 +257,23 @@ def _best(x, count):
   values = np.take_along_axis(x, top, 1)
   order = np.argsort(-values, axis=1, kind="stable")
   return np.take_along_axis(top, order, 1), np.take_along_axis(values, order, 1)
+
+
+def _first_live(keep, cand_scores, parent, token, k):
+  """The first k candidates with `keep` set, per sentence ([m, 2k] each) -> (scores,
+  parent, token) [m, k]; missing ones get score -inf."""
+  pick = np.argsort(~keep, axis=1, kind="stable")[:, :k]
+  scores = np.where(np.take_along_axis(keep, pick, 1),
+                    np.take_along_axis(cand_scores, pick, 1), -np.inf)
+  return scores, np.take_along_axis(parent, pick, 1), np.take_along_axis(token, pick, 1)
+
+
+def _ended(path, token, score):
+  """A finished Hypothesis: path [t] int32 plus its last piece (unless EOS)."""
+  ids = path.tolist()
+  if token != EOS_ID:
+    ids.append(int(token))
+  return Hypothesis(ids, float(score))
 
 
 def _add_finished(finished, hypothesis, n_best):
