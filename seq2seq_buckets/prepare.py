@@ -220,13 +220,14 @@ def write_split(out_dir, split, spooled, buckets, truncate):
 
 
 def _check_inputs(paths):
-  """Scans every input; returns {name: {path, sha256, lines}} or raises UserError."""
+  """Scans every input; returns {name: {path, sha256, lines, bytes}} or raises UserError."""
   info = {}
   for name, path in paths.items():
     sha, lines, has_text = scan_text_file(path)
     if not has_text:
       raise UserError(f"{path}: empty corpus (no line has text)")
-    info[name] = {"path": os.path.abspath(path), "sha256": sha, "lines": lines}
+    info[name] = {"path": os.path.abspath(path), "sha256": sha, "lines": lines,
+                  "bytes": os.path.getsize(path)}
   for split in ("train", "dev"):
     s, t = info[f"{split}_src"], info[f"{split}_tgt"]
     if s["lines"] != t["lines"]:
@@ -245,14 +246,19 @@ def _our_files(out_dir):
 
 
 def _place_vocab(out_dir, prefix, given, inputs, size, model_type, log):
-  """Copies the given SentencePiece model (checked) or trains one; returns (model, info)."""
+  """Copies the given SentencePiece model (checked) or trains one; returns (model, info).
+
+  inputs: the training files' info from _check_inputs.
+  """
   target = os.path.join(out_dir, prefix + ".model")
   if given:
     shutil.copyfile(given, target)
     model, requested = vocab.load_spm(target), None
   else:
     start = time.time()
-    model = vocab.train_spm(inputs, os.path.join(out_dir, prefix), size, model_type)
+    sample = vocab.sample_lines(sum(i["bytes"] for i in inputs), sum(i["lines"] for i in inputs))
+    model = vocab.train_spm([i["path"] for i in inputs], os.path.join(out_dir, prefix), size,
+                            model_type, max_lines=sample)
     requested = size
     reached = model.get_piece_size()
     note = "" if reached == size else f" (asked for {size}; the corpus yields no more)"
@@ -261,7 +267,7 @@ def _place_vocab(out_dir, prefix, given, inputs, size, model_type, log):
                  "size": model.get_piece_size(), "requested": requested}
 
 
-def _build_vocabs(out_dir, train_src, train_tgt, settings, src_model, tgt_model, log):
+def _build_vocabs(out_dir, inputs, settings, src_model, tgt_model, log):
   """Trains (or copies given) SentencePiece models into out_dir; returns (src, tgt, info).
 
   The source and target models train at the same time (SentencePiece releases
@@ -270,10 +276,10 @@ def _build_vocabs(out_dir, train_src, train_tgt, settings, src_model, tgt_model,
   model_type = settings["spm_model_type"]
   if settings["shared_vocab"]:
     size = max(settings["src_vocab_size"], settings["tgt_vocab_size"])
-    jobs = {"source": (SHARED_SPM, src_model, [train_src, train_tgt], size)}
+    jobs = {"source": (SHARED_SPM, src_model, [inputs["train_src"], inputs["train_tgt"]], size)}
   else:
-    jobs = {"source": (SRC_SPM, src_model, [train_src], settings["src_vocab_size"]),
-            "target": (TGT_SPM, tgt_model, [train_tgt], settings["tgt_vocab_size"])}
+    jobs = {"source": (SRC_SPM, src_model, [inputs["train_src"]], settings["src_vocab_size"]),
+            "target": (TGT_SPM, tgt_model, [inputs["train_tgt"]], settings["tgt_vocab_size"])}
   with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
     futures = {side: pool.submit(_place_vocab, out_dir, *job, model_type, log)
                for side, job in jobs.items()}
@@ -338,8 +344,7 @@ def _choose(spec, histogram, log):
 
 def _prepare_into(out_dir, paths, spec, settings, inputs, spm_models, log):
   """The work of prepare() once out_dir is clear; returns the manifest."""
-  src_spm, tgt_spm, vocab_info = _build_vocabs(
-      out_dir, paths["train_src"], paths["train_tgt"], settings, *spm_models, log)
+  src_spm, tgt_spm, vocab_info = _build_vocabs(out_dir, inputs, settings, *spm_models, log)
   spooled = {split: encode_split(out_dir, split, paths[f"{split}_src"], paths[f"{split}_tgt"],
                                   src_spm, tgt_spm) for split in ("train", "dev")}
   if not spooled["train"].histogram.counts:
