@@ -375,16 +375,20 @@ def worker_speed(a):
                             manifest=manifest, sampler=BucketSampler(sizes, hp.seed), step=0)
     # First run of every bucket's update: TensorFlow prunes, optimises and builds an
     # executor for each new set of fetches; a user pays this once per bucket.
+    # (The fetches must be the ones of run_steps: each new fetch set pays again.)
     start = time.perf_counter()
     for b, bt in enumerate(tg.buckets):
       if nexts[b] is not None:
         batch = session.run(nexts[b])
-        session.run(bt.update, dict(zip(bt.inputs, batch)))
+        session.run(train_fetches(bt), dict(zip(bt.inputs, batch)))
     out[f"first_run_s_{mode}"] = time.perf_counter() - start
     start = time.perf_counter()
     run_steps(run, a["warmup_steps"])
     out[f"warmup_s_{mode}"] = time.perf_counter() - start
     return run
+
+  def train_fetches(bt):
+    return [bt.loss, bt.grad_norm, bt.tokens, bt.update]  # what the trainer fetches
 
   def run_steps(run, count):
     """count training steps as the trainer runs them (fetch a batch, then update)."""
@@ -397,8 +401,7 @@ def worker_speed(a):
       t0 = time.perf_counter()
       batch = run["session"].run(run["nexts"][b])
       t1 = time.perf_counter()
-      _, _, tokens, _ = run["session"].run([bt.loss, bt.grad_norm, bt.tokens, bt.update],
-                                           dict(zip(bt.inputs, batch)))
+      _, _, tokens, _ = run["session"].run(train_fetches(bt), dict(zip(bt.inputs, batch)))
       t2 = time.perf_counter()
       source_len, target_len = run["hp"].buckets[b]
       lengths = batch.source_lengths
@@ -490,65 +493,56 @@ def _read_lines(path, limit=0):
 
 
 def worker_decode(a):
-  """Batched greedy and beam-5 sentences/s, interactive latency and BLEU on the test set."""
-  import sacrebleu  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from seq2seq_buckets import decoding, graphs, trainer, vocab  # pylint: disable=g-import-not-at-top
-  from seq2seq_buckets import hparams as hparams_lib  # pylint: disable=g-import-not-at-top
+  """Batched greedy and beam-5 sentences/s, interactive latency and BLEU on the test set.
 
-  train_dir = a["train_dir"]
+  Decodes through seq2seq_buckets.translator.Translator, as s2s-decode does: text
+  in, SentencePiece, bucketed decoding, detokenized text out.
+  """
+  import sacrebleu  # pylint: disable=g-import-not-at-top
+  from seq2seq_buckets import graphs, translator  # pylint: disable=g-import-not-at-top
+
+  out = {}
+  build = graphs.build_inference_graph
+
+  def timed_build(hp):  # the Translator builds the graph; time that part of its loading
+    start = time.perf_counter()
+    result = build(hp)
+    out["inference_graph_build_s"] = time.perf_counter() - start
+    return result
+
+  graphs.build_inference_graph = timed_build
   start = time.perf_counter()
-  hp = hparams_lib.load(train_dir)
-  src_spm = vocab.load_spm(os.path.join(train_dir, trainer.SRC_MODEL))
-  tgt_spm = vocab.load_spm(os.path.join(train_dir, trainer.TGT_MODEL))
-  built = time.perf_counter()
-  ig = graphs.build_inference_graph(hp)
-  out = {"inference_graph_build_s": time.perf_counter() - built}
-  session = _session(ig.graph)
-  ig.saver.restore(session, tf.train.latest_checkpoint(train_dir))
+  model = translator.Translator(a["train_dir"])
   out["decode_load_s"] = time.perf_counter() - start
+  graphs.build_inference_graph = build
   sources = _read_lines(a["src"], a["lines"])
   refs = _read_lines(a["ref"], a["lines"])
-  batch_size = a["batch_size"]
 
-  def greedy(lines, batch):
-    ids, _ = decoding.greedy_ids(session, ig.greedy, hp.buckets, src_spm.encode(lines), batch)
-    return [tgt_spm.decode(i) for i in ids]
+  def texts(lines, beam, batch):
+    found = model.translate(lines, beam_size=beam, batch_size=batch).hypotheses
+    return [h[0].text if h else "" for h in found]
 
-  def beam(lines, batch):
-    found, _ = decoding.beam_search(session, ig, hp.buckets, src_spm.encode(lines), a["beam"],
-                                    batch)
-    return [tgt_spm.decode(h[0].ids) if h else "" for h in found]
-
-  # Warm up: one sentence per bucket through each decoder (first-run cost of each subgraph).
-  per_bucket = {}
-  for line, ids in zip(sources, src_spm.encode(sources)):
-    b = decoding.source_bucket(len(ids), hp.buckets)
-    per_bucket.setdefault(len(hp.buckets) - 1 if b is None else b, line)
-  warm = list(per_bucket.values())
-  start = time.perf_counter()
-  greedy(warm, 1)
-  beam(warm, 1)
-  out["decode_first_run_s"] = time.perf_counter() - start
-
-  for name, fn in (("greedy", greedy), ("beam", beam)):
-    t0 = time.perf_counter()
-    hyps = fn(sources, batch_size)
-    seconds = time.perf_counter() - t0
+  for name, beam in (("greedy", 1), ("beam", a["beam"])):
+    start = time.perf_counter()
+    model.warm_up(beam_size=beam)  # first run of each bucket's graphs, paid once per process
+    out[f"decode_{name}_first_run_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    hyps = texts(sources, beam, a["batch_size"])
+    seconds = time.perf_counter() - start
     out[f"decode_{name}_sent_per_s"] = len(sources) / seconds
     out[f"bleu_{name}"] = sacrebleu.corpus_bleu(hyps, [refs]).score
     out[f"decode_{name}_mean_output_pieces"] = (
-        sum(len(tgt_spm.encode(h)) for h in hyps) / max(len(hyps), 1))
+        sum(len(p) for p in model.target_spm.encode(hyps)) / max(len(hyps), 1))
     latencies = []  # interactive: one sentence at a time, text in, text out
     for line in sources[:a["interactive_lines"]]:
-      t0 = time.perf_counter()
-      fn([line], 1)
-      latencies.append(1000.0 * (time.perf_counter() - t0))
+      start = time.perf_counter()
+      texts([line], beam, 1)
+      latencies.append(1000.0 * (time.perf_counter() - start))
     key = "interactive" if name == "greedy" else "interactive_beam"
     out[f"{key}_p50_ms"] = percentile(latencies, 50)
     out[f"{key}_p95_ms"] = percentile(latencies, 95)
   out["decode_sentences"] = len(sources)
-  session.close()
+  model.close()
   return out
 
 
