@@ -16,6 +16,7 @@ import collections
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.protobuf import config_pb2
 
 from seq2seq_buckets.batches import pad_batch
 from seq2seq_buckets.buckets import bucket_index, truncate_to
@@ -116,32 +117,51 @@ def add_top_k(graph):
 
 
 class StepDecoder:
-  """Bucket b's encoder and the shared one-step decoder of a graphs.InferenceGraph."""
+  """Beam search's view of a graphs.InferenceGraph: the per-bucket encoders and the
+  decoder step with add_top_k's outputs, as session callables made once."""
 
-  def __init__(self, session, graph, top_k, b, bucket):
-    self.session, self.bucket, self.top_k = session, bucket, top_k
-    self.encoder, self.step_ops = graph.encoders[b], graph.step
+  def __init__(self, session, graph, top_k, buckets):
+    self.buckets = buckets
+    self.vocab = graph.step.log_probs.shape[1]
+    self._encoders = [_callable(session, [e.encoder_inputs, e.source_lengths],
+                                [e.memory, e.keys, e.output] + e.states)
+                      for e in graph.encoders]
+    step = graph.step
+    self._step = _callable(
+        session,
+        [top_k.count, step.tokens, step.output, step.memory, step.keys, step.source_lengths]
+        + step.states,
+        [top_k.log_probs, top_k.ids, step.new_output] + step.new_states)
 
   def encode(self, sources):
-    """sources: n id lists that fit the bucket -> (Encoded, Recurrent), n rows each."""
-    padded = pad_batch(sources, [[]] * len(sources), self.bucket)
-    enc = self.encoder
-    memory, keys, states, output = self.session.run(
-        [enc.memory, enc.keys, enc.states, enc.output],
-        {enc.encoder_inputs: padded.encoder_inputs, enc.source_lengths: padded.source_lengths})
+    """sources: n id lists of one bucket (the smallest the longest fits) ->
+    (Encoded, Recurrent), n rows each."""
+    b = bucket_index(max(len(s) for s in sources), 0, self.buckets)
+    padded = pad_batch(sources, [[]] * len(sources), self.buckets[b])
+    memory, keys, output, *states = self._encoders[b](padded.encoder_inputs,
+                                                       padded.source_lengths)
     return Encoded(memory, keys, padded.source_lengths), Recurrent(output, states)
 
   def step(self, encoded, recurrent, tokens, count):
     """tokens [N] int32 (the previous output pieces) -> (log_probs [N, c] float32
     descending, ids [N, c] int32 of the c = min(count, V) likeliest next pieces, Recurrent)."""
-    ops, top = self.step_ops, self.top_k
-    feed = {ops.tokens: tokens, ops.output: recurrent.output, ops.memory: encoded.memory,
-            ops.keys: encoded.keys, ops.source_lengths: encoded.source_lengths,
-            top.count: min(count, ops.log_probs.shape[1])}
-    feed.update(zip(ops.states, recurrent.states))
-    log_probs, ids, output, states = self.session.run(
-        [top.log_probs, top.ids, ops.new_output, ops.new_states], feed)
+    log_probs, ids, output, *states = self._step(
+        np.int32(min(count, self.vocab)), np.asarray(tokens, np.int32), recurrent.output,
+        encoded.memory, encoded.keys, encoded.source_lengths, *recurrent.states)
     return log_probs, ids, Recurrent(output, states)
+
+
+def _callable(session, feeds, fetches):
+  """A function of the feeds' values returning the fetches' values (lists of tensors).
+
+  Like session.run with a fixed signature, minus its per-call Python work
+  (~0.5 ms, a lot for a one-sentence decoder step); tf.compat.v1.Session has
+  no public API for it (make_callable with feeds just calls run).
+  """
+  options = config_pb2.CallableOptions()
+  options.feed.extend(t.name for t in feeds)
+  options.fetch.extend(t.name for t in fetches)
+  return session._make_callable_from_options(options)  # pylint: disable=protected-access
 
 
 def take_rows(arrays, rows):
@@ -150,23 +170,22 @@ def take_rows(arrays, rows):
                         for field in arrays])
 
 
-def beam_search(session, graph, top_k, buckets, sources, beam_size, batch_size,
-                length_penalty=0.0, n_best=1, max_length_ratio=2.0):
-  """Beam search for every source through the per-bucket encoders and the step graph.
+def beam_search(decoder, sources, beam_size, batch_size, length_penalty=0.0, n_best=1,
+                max_length_ratio=2.0):
+  """Beam search for every source, in batches of one bucket.
 
-  graph: graphs.InferenceGraph; top_k: add_top_k(graph); batch_size counts
-  sentences (a session.run holds up to batch_size * beam_size rows). Returns
-  (per source its n_best best Hypothesis, best first ([Hypothesis([], 0.0)]
-  for an empty source), indices of truncated sources).
+  decoder: a StepDecoder; batch_size counts sentences (a step runs up to
+  batch_size * beam_size rows). Returns (per source its n_best best Hypothesis,
+  best first ([Hypothesis([], 0.0)] for an empty source), indices of truncated
+  sources).
   """
+  buckets = decoder.buckets
   plan = plan_batches(sources, buckets, batch_size)
   results = [[Hypothesis([], 0.0)] for _ in plan.sources]
   for batch in plan.batches:
-    bucket = buckets[batch.bucket]
     chunk = [plan.sources[i] for i in batch.indices]
-    limits = [output_limit(len(s), bucket[1], max_length_ratio) for s in chunk]
-    found = search_batch(StepDecoder(session, graph, top_k, batch.bucket, bucket), chunk, limits,
-                         beam_size, length_penalty, n_best)
+    limits = [output_limit(len(s), buckets[batch.bucket][1], max_length_ratio) for s in chunk]
+    found = search_batch(decoder, chunk, limits, beam_size, length_penalty, n_best)
     for i, hypotheses in zip(batch.indices, found):
       results[i] = hypotheses
   return results, plan.truncated

@@ -78,7 +78,7 @@ class Translator:
     with self.graph.graph.as_default():
       # the model's weights only: the training step counter is not needed here
       saver = tf1.train.Saver(tf1.trainable_variables())
-    self.top_k = decoding.add_top_k(self.graph)
+    top_k = decoding.add_top_k(self.graph)
     self.graph.graph.finalize()
     self.session = tf1.Session(graph=self.graph.graph, config=trainer.session_config())
     try:
@@ -87,6 +87,7 @@ class Translator:
       self.session.close()
       raise UserError(f"{self.checkpoint}: does not hold this model's variables "
                       f"({e.message.splitlines()[0]})") from None
+    self.step_decoder = decoding.StepDecoder(self.session, self.graph, top_k, self.buckets)
 
   @property
   def max_source_pieces(self):
@@ -121,8 +122,8 @@ class Translator:
           self.session, self.graph.greedy, self.buckets, sources, batch_size, max_length_ratio)
       return [[decoding.Hypothesis(ids, None)] for ids in outputs], truncated
     return decoding.beam_search(
-        self.session, self.graph, self.top_k, self.buckets, sources, beam_size, batch_size,
-        length_penalty=length_penalty, n_best=n_best, max_length_ratio=max_length_ratio)
+        self.step_decoder, sources, beam_size, batch_size, length_penalty=length_penalty,
+        n_best=n_best, max_length_ratio=max_length_ratio)
 
   def close(self):
     self.session.close()

@@ -234,17 +234,14 @@ def test_beam_one_equals_greedy(translator, dev_lines):
   sources = translator.source_spm.encode(dev_lines + ["ab cd " * 12])
   greedy, greedy_cut = decoding.greedy_ids(translator.session, translator.graph.greedy,
                                            translator.buckets, sources, 16)
-  beam, beam_cut = decoding.beam_search(translator.session, translator.graph, translator.top_k,
-                                        translator.buckets, sources, 1, 16)
+  beam, beam_cut = decoding.beam_search(translator.step_decoder, sources, 1, 16)
   assert [b[0].ids for b in beam] == greedy
   assert beam_cut == greedy_cut == [len(dev_lines)]
 
 
 def model_score(translator, source, ids, limit):
   """Log-prob of `ids` (+ EOS when shorter than limit) under the step graph."""
-  b = decoding.plan_batches([source], translator.buckets, 1).batches[0].bucket
-  decoder = decoding.StepDecoder(translator.session, translator.graph, translator.top_k, b,
-                                 translator.buckets[b])
+  decoder = translator.step_decoder
   encoded, recurrent = decoder.encode([source])
   targets = ids + ([EOS_ID] if len(ids) < limit else [])
   total = 0.0
@@ -258,8 +255,7 @@ def test_beam_scores_at_least_greedy(translator, dev_lines):
   sources = translator.source_spm.encode(dev_lines[:20])
   greedy, _ = decoding.greedy_ids(translator.session, translator.graph.greedy,
                                   translator.buckets, sources, 16)
-  beam, _ = decoding.beam_search(translator.session, translator.graph, translator.top_k,
-                                 translator.buckets, sources, 5, 16)
+  beam, _ = decoding.beam_search(translator.step_decoder, sources, 5, 16)
   for source, ids, found in zip(sources, greedy, beam):
     b = decoding.plan_batches([source], translator.buckets, 1).batches[0].bucket
     limit = decoding.output_limit(len(source), translator.buckets[b][1], 2.0)
