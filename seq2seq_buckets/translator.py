@@ -76,16 +76,19 @@ class Translator:
     self.buckets = [tuple(b) for b in hp.buckets]
     self.graph = graphs.build_inference_graph(hp)
     with self.graph.graph.as_default():
-      # the model's weights only: the training step counter is not needed here
-      saver = tf1.train.Saver(tf1.trainable_variables())
+      # The model's weights only: graph.saver also wants `global_step`, which training
+      # checkpoints hold as train_state/global_step.
+      weights = tf1.trainable_variables()
+      saver = tf1.train.Saver(weights)
+    _check_checkpoint(self.checkpoint, weights)
     top_k = decoding.add_top_k(self.graph)
     self.graph.graph.finalize()
     self.session = tf1.Session(graph=self.graph.graph, config=trainer.session_config())
     try:
       saver.restore(self.session, self.checkpoint)
-    except (tf.errors.NotFoundError, tf.errors.InvalidArgumentError) as e:
+    except tf.errors.OpError as e:
       self.session.close()
-      raise UserError(f"{self.checkpoint}: does not hold this model's variables "
+      raise UserError(f"{self.checkpoint}: cannot restore this model from it "
                       f"({e.message.splitlines()[0]})") from None
     self.step_decoder = decoding.StepDecoder(self.session, self.graph, top_k, self.buckets)
 
@@ -133,6 +136,22 @@ class Translator:
 
   def __exit__(self, *_):
     self.close()
+
+
+def _check_checkpoint(checkpoint, variables):
+  """Raises UserError unless `checkpoint` holds every variable with its shape (a restore
+  would take other shapes silently)."""
+  try:
+    saved = dict(tf.train.list_variables(checkpoint))
+  except tf.errors.OpError as e:
+    raise UserError(f"{checkpoint}: unreadable ({e.message.splitlines()[0]})") from None
+  for variable in variables:
+    name, shape = variable.op.name, variable.shape.as_list()
+    if name not in saved:
+      raise UserError(f"{checkpoint}: no variable {name}; not a checkpoint of this model")
+    if list(saved[name]) != shape:
+      raise UserError(f"{checkpoint}: {name} has shape {list(saved[name])} but the "
+                      f"hyperparameters make it {shape}")
 
 
 def _load_spm(train_dir, name, size):

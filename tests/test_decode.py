@@ -7,6 +7,7 @@ pseudo-terminal.
 """
 
 import itertools
+import json
 import math
 import os
 import pty
@@ -331,6 +332,13 @@ def test_translator_errors(trained_copy, tmp_path):
     Translator(train_dir_without_checkpoint(trained_copy, tmp_path))
   with pytest.raises(UserError, match="checkpoint nope: not found"):
     Translator(trained_copy, checkpoint="nope")
+  other = tmp_path / "other"
+  other.mkdir()
+  train_dir_without_checkpoint(trained_copy, other)
+  hparams = json.loads((other / "hparams.json").read_text())
+  (other / "hparams.json").write_text(json.dumps({**hparams, "size": 2 * hparams["size"]}))
+  with pytest.raises(UserError, match="has shape .* but the hyperparameters make it"):
+    Translator(str(other), checkpoint=os.path.join(trained_copy, "model.ckpt-300"))
 
 
 def test_checkpoint_choice(trained_copy, translator, dev_lines):

@@ -46,8 +46,8 @@ def _open_output():
     raise common.UserError(f"{FLAGS.output}: cannot write ({e.strerror})") from None
 
 
-def _stdin():
-  return open(sys.stdin.fileno(), encoding="utf-8", newline="\n", closefd=False)
+def _stdin(errors="strict"):
+  return open(sys.stdin.fileno(), encoding="utf-8", errors=errors, newline="\n", closefd=False)
 
 
 def _read_input():
@@ -66,7 +66,7 @@ def _batch():
 
 def _interactive(options):
   with translation_flags.load_translator() as translator, _open_output() as out, \
-      _stdin() as stdin:
+      _stdin(errors="replace") as stdin:
     translator.warm_up(options["beam_size"])
     common.log("type a sentence and press Enter; Ctrl-D quits")
     count = empty = truncated = 0
