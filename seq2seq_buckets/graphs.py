@@ -22,7 +22,7 @@ tf1.disable_eager_execution()
 
 BucketTrainOps = collections.namedtuple(
     "BucketTrainOps", ["inputs", "loss", "nll_sum", "tokens", "grad_norm", "update",
-                       "greedy_ids"])
+                       "greedy"])
 TrainState = collections.namedtuple(
     "TrainState", ["global_step", "learning_rate", "decay_learning_rate", "best_dev_loss",
                    "recent_dev_losses", "best_bleu", "bad_evals"])
@@ -43,24 +43,36 @@ InferenceGraph = collections.namedtuple(
     "InferenceGraph", ["graph", "model", "greedy", "encoders", "step", "saver"])
 
 
-def bucket_placeholders(bucket, name):
-  """A BatchedInput of placeholders for bucket (I, O) with a free batch dimension."""
+def bucket_placeholders(bucket, batch_size, name):
+  """A BatchedInput of placeholders for bucket (I, O) and a fixed batch size.
+
+  A static batch dimension lets TensorFlow build the gradients of elementwise ops
+  without shape-reduction ops (a third fewer ops in the training graph).
+  """
   source_len, target_len = bucket
   with tf1.name_scope(name):
     return BatchedInput(
-        tf1.placeholder(tf.int32, [None, source_len], "encoder_inputs"),
-        tf1.placeholder(tf.int32, [None], "source_lengths"),
-        tf1.placeholder(tf.int32, [None, target_len], "decoder_inputs"),
-        tf1.placeholder(tf.int32, [None, target_len], "targets"),
-        tf1.placeholder(tf.float32, [None, target_len], "target_weights"))
+        tf1.placeholder(tf.int32, [batch_size, source_len], "encoder_inputs"),
+        tf1.placeholder(tf.int32, [batch_size], "source_lengths"),
+        tf1.placeholder(tf.int32, [batch_size, target_len], "decoder_inputs"),
+        tf1.placeholder(tf.int32, [batch_size, target_len], "targets"),
+        tf1.placeholder(tf.float32, [batch_size, target_len], "target_weights"))
+
+
+def greedy_ops(model, bucket, name):
+  """GreedyOps for bucket (I, O): placeholders [N, I], [N] -> ids [N, O]."""
+  with tf1.name_scope(name):
+    encoder_inputs = tf1.placeholder(tf.int32, [None, bucket[0]], "encoder_inputs")
+    lengths = tf1.placeholder(tf.int32, [None], "source_lengths")
+    return GreedyOps(encoder_inputs, lengths, model.greedy(encoder_inputs, lengths, bucket[1]))
 
 
 def _train_state(hparams):
   """Loop state kept in the checkpoint, so a resumed run continues where it stopped."""
+  global_step = tf1.train.get_or_create_global_step()
   with tf1.variable_scope("train_state"):
     def scalar(name, value, dtype=tf.float32):
       return tf1.get_variable(name, initializer=tf.constant(value, dtype), trainable=False)
-    global_step = tf1.train.get_or_create_global_step()
     learning_rate = scalar("learning_rate", hparams.learning_rate)
     return TrainState(
         global_step, learning_rate,
@@ -85,16 +97,15 @@ def build_training_graph(hparams, max_checkpoints=5):
     params = tf1.trainable_variables()
     buckets = []
     for b, bucket in enumerate(hparams.buckets):
-      inputs = bucket_placeholders(bucket, f"bucket_{b}")
+      inputs = bucket_placeholders(bucket, hparams.batch_size, f"bucket_{b}")
       with tf1.name_scope(f"bucket_{b}/train"):
         loss = model.loss(inputs)
-        grads = tf.gradients(loss.loss, params)
+        # dense embedding gradients: fused dense Adam beats its sparse path here
+        grads = [tf.convert_to_tensor(g) for g in tf.gradients(loss.loss, params)]
         clipped, grad_norm = tf.clip_by_global_norm(grads, hparams.max_gradient_norm)
         update = optimizer.apply_gradients(zip(clipped, params), global_step=state.global_step)
-      with tf1.name_scope(f"bucket_{b}/greedy"):
-        ids = model.greedy(inputs.encoder_inputs, inputs.source_lengths, bucket[1])
       buckets.append(BucketTrainOps(inputs, loss.loss, loss.nll_sum, loss.tokens, grad_norm,
-                                    update, ids))
+                                    update, greedy_ops(model, bucket, f"bucket_{b}/greedy")))
     init = tf1.global_variables_initializer()
     saver = tf1.train.Saver(max_to_keep=max_checkpoints)
   return TrainingGraph(graph, model, buckets, state, init, saver)
@@ -107,11 +118,11 @@ def build_inference_graph(hparams):
     model = Seq2SeqModel(hparams)
     tf1.train.get_or_create_global_step()
     greedy, encoders = [], []
-    for b, (source_len, target_len) in enumerate(hparams.buckets):
-      with tf1.name_scope(f"bucket_{b}"):
-        enc_inputs = tf1.placeholder(tf.int32, [None, source_len], "encoder_inputs")
+    for b, bucket in enumerate(hparams.buckets):
+      greedy.append(greedy_ops(model, bucket, f"bucket_{b}/greedy"))
+      with tf1.name_scope(f"bucket_{b}/encoder"):
+        enc_inputs = tf1.placeholder(tf.int32, [None, bucket[0]], "encoder_inputs")
         lengths = tf1.placeholder(tf.int32, [None], "source_lengths")
-        greedy.append(GreedyOps(enc_inputs, lengths, model.greedy(enc_inputs, lengths, target_len)))
         encoded = model.encode(enc_inputs, lengths, training=False)
         encoders.append(EncoderOps(enc_inputs, lengths, encoded.memory, encoded.keys,
                                    _flatten(encoded.states), model.initial_output(encoded)))
@@ -134,7 +145,7 @@ def _step_ops(model):
     encoded = EncoderOutput(memory, keys, mask_bias(lengths, tf.shape(memory)[1]), None)
     layered = [tuple(states[l * per_layer:(l + 1) * per_layer]) for l in range(hp.num_layers)]
     new_output, new_states = model.decoder_step(
-        model.embed_target(tokens), output, layered, encoded)
+        model.project_target(tokens[None])[0], output, layered, encoded)
     log_probs = tf.nn.log_softmax(model.logits(new_output))
   return StepOps(tokens, output, states, memory, keys, lengths, log_probs, new_output,
                  _flatten(new_states))

@@ -119,24 +119,27 @@ class Seq2SeqModel:
                          states)
 
   # --- decoder -------------------------------------------------------------------------
-  def embed_target(self, ids):
-    """ids [...] int32 -> target embeddings [..., E]."""
-    return tf.nn.embedding_lookup(self.target_embedding, ids)
+  def project_target(self, ids, training=False):
+    """ids [T, B] int32 -> the embedding part of decoder layer-0 gates [T, B, G*H]."""
+    embedded = self._dropout(tf.nn.embedding_lookup(self.target_embedding, ids), training)
+    return self.decoder_cells[0].project(embedded)
 
-  def decoder_step(self, embedded, previous_output, states, encoded, dropout_masks=None):
+  def decoder_step(self, projected, previous_output, states, encoded, dropout_masks=None):
     """One decoder step.
 
-    embedded [B, E]; previous_output [B, H] (the previous attentional output,
-    zeros at the start); states: one tuple per layer; dropout_masks: None, or
-    [layers, B, H]: one mask per layer above the first, the last for the output ->
+    projected [B, G*H]: `project_target` of this step's target embedding;
+    previous_output [B, H] (the previous attentional output, zeros at the
+    start); states: one tuple per layer; dropout_masks: None, or [layers, B, H]:
+    one mask per layer above the first, the last for the output ->
     (attentional output [B, H], new states).
     """
-    x = tf.concat([embedded, previous_output], 1) if self.hp.input_feeding else embedded
-    new_states = []
-    for layer, (cell, state) in enumerate(zip(self.decoder_cells, states)):
-      if layer and dropout_masks is not None:
+    feed = previous_output if self.hp.input_feeding else None
+    x, state = self.decoder_cells[0].step(states[0], x=feed, projected=projected)
+    new_states = [state]
+    for layer, (cell, state) in enumerate(zip(self.decoder_cells[1:], states[1:]), start=1):
+      if dropout_masks is not None:
         x *= dropout_masks[layer - 1]
-      x, state = cell.step(x, state)
+      x, state = cell.step(state, x=x)
       new_states.append(state)
     output, _ = self.attention(x, encoded.memory, encoded.keys, encoded.mask_bias)
     if dropout_masks is not None:
@@ -162,19 +165,22 @@ class Seq2SeqModel:
     hp = self.hp
     steps = batch.decoder_inputs.shape[1]
     encoded = self.encode(batch.encoder_inputs, batch.source_lengths, training=True)
-    embedded = self._dropout(self.embed_target(tf.transpose(batch.decoder_inputs)), True)
-    embedded = tf.unstack(embedded, num=steps)  # O x [B, E]
+    projected = tf.unstack(self.project_target(tf.transpose(batch.decoder_inputs), True),
+                           num=steps)  # O x [B, G*H]
     masks = [None] * steps
     if hp.dropout:
       shape = [steps, hp.num_layers, tf.shape(batch.decoder_inputs)[0], hp.size]
       masks = tf.unstack(self._dropout_mask(shape), num=steps)  # O x [layers, B, H]
     output, states, outputs = self.initial_output(encoded), encoded.states, []
     for t in range(steps):
-      output, states = self.decoder_step(embedded[t], output, states, encoded, masks[t])
+      output, states = self.decoder_step(projected[t], output, states, encoded, masks[t])
       outputs.append(output)
-    flat = tf.reshape(tf.stack(outputs, axis=1), [-1, hp.size])  # [B*O, H]
-    targets = tf.reshape(batch.targets, [-1])
+    # Only real target positions reach the projection: padding costs no softmax FLOPs.
     weights = tf.reshape(batch.target_weights, [-1])
+    real = tf.where(weights > 0)[:, 0]  # [N] positions in [B*O]
+    flat = tf.gather(tf.reshape(tf.stack(outputs, axis=1), [-1, hp.size]), real)  # [N, H]
+    targets = tf.gather(tf.reshape(batch.targets, [-1]), real)
+    weights = tf.gather(weights, real)
     tokens = tf.reduce_sum(weights)
     logits = self.logits(flat)
     nll = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
@@ -196,7 +202,8 @@ class Seq2SeqModel:
     token = tf.fill([tf.shape(encoder_inputs)[0]], GO_ID)
     output, states, ids = self.initial_output(encoded), encoded.states, []
     for _ in range(steps):
-      output, states = self.decoder_step(self.embed_target(token), output, states, encoded)
+      projected = self.project_target(token[None])[0]
+      output, states = self.decoder_step(projected, output, states, encoded)
       token = tf.argmax(self.logits(output), axis=1, output_type=tf.int32)
       ids.append(token)
     return tf.stack(ids, axis=1)

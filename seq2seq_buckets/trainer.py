@@ -118,11 +118,17 @@ def _read_dev_batches(manifest, data_dir, batch_size):
         batches = []
         while nxt is not None:
           try:
-            batches.append(BatchedInput(*session.run(nxt)))
+            batches.append(_fill_batch(BatchedInput(*session.run(nxt)), batch_size))
           except tf.errors.OutOfRangeError:
             break
         out.append(batches)
   return out
+
+
+def _fill_batch(batch, batch_size):
+  """Pads a short last batch with empty rows (all weights 0) to the graph's batch size."""
+  missing = batch_size - len(batch.source_lengths)
+  return BatchedInput(*[np.pad(x, [(0, missing)] + [(0, 0)] * (x.ndim - 1)) for x in batch])
 
 
 def _feed(inputs, batch):
@@ -209,9 +215,8 @@ def train(*, data_dir, train_dir, overrides, options, log=print):
     result = {"step": step, "dev_loss": dev_loss, "dev_ppl": math.exp(min(dev_loss, 50)),
               "dev_ppl_per_bucket": per_bucket}
     if options.steps_per_bleu and step % options.steps_per_bleu == 0 and dev_src:
-      ops = [graphs.GreedyOps(bt.inputs.encoder_inputs, bt.inputs.source_lengths, bt.greedy_ids)
-             for bt in tg.buckets]
-      ids, _ = decoding.greedy_ids(session, ops, hp.buckets, dev_src_ids, 128)
+      ids, _ = decoding.greedy_ids(session, [bt.greedy for bt in tg.buckets], hp.buckets,
+                                   dev_src_ids, 128)
       hyps = [tgt_spm.decode(i) for i in ids]
       result["dev_bleu"] = sacrebleu.corpus_bleu(hyps, [dev_ref]).score
     return result

@@ -1,0 +1,176 @@
+"""The bucketed model: shared weights, masking, gradients, learning, greedy == step-by-step."""
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from seq2seq_buckets import graphs
+from seq2seq_buckets.batches import pad_batch
+from seq2seq_buckets.hparams import HParams
+from seq2seq_buckets.vocab import GO_ID
+
+tf1 = tf.compat.v1
+VOCAB = 30
+BUCKETS = [[5, 6], [8, 9], [12, 14]]
+
+
+def tiny(**overrides):
+  values = dict(size=16, embedding_size=16, num_layers=2, dropout=0.0, batch_size=4,
+                src_vocab_size=VOCAB, tgt_vocab_size=VOCAB, buckets=BUCKETS, seed=7)
+  values.update(overrides)
+  return HParams(**values).check()
+
+
+def random_batch(bucket, n=4, seed=0):
+  rng = np.random.default_rng(seed)
+  sources = [list(rng.integers(4, VOCAB, rng.integers(1, bucket[0] + 1))) for _ in range(n)]
+  targets = [list(rng.integers(4, VOCAB, rng.integers(1, bucket[1]))) for _ in range(n)]
+  return pad_batch(sources, targets, bucket)
+
+
+def session_for(tg):
+  session = tf1.Session(graph=tg.graph)
+  session.run(tg.init)
+  return session
+
+
+def feed(bucket_ops, batch):
+  return dict(zip(bucket_ops.inputs, batch))
+
+
+def test_trainable_variables_do_not_depend_on_bucket_count():
+  def signature(buckets):
+    tg = graphs.build_training_graph(tiny(buckets=buckets))
+    with tg.graph.as_default():
+      return sorted((v.name, tuple(v.shape.as_list())) for v in tf1.trainable_variables())
+  assert signature(BUCKETS[:1]) == signature(BUCKETS)
+
+
+def test_update_through_one_bucket_changes_another():
+  tg = graphs.build_training_graph(tiny(learning_rate=0.05))
+  session = session_for(tg)
+  probe = random_batch(BUCKETS[2], seed=1)
+  before = session.run(tg.buckets[2].loss, feed(tg.buckets[2], probe))
+  session.run(tg.buckets[0].update, feed(tg.buckets[0], random_batch(BUCKETS[0])))
+  after = session.run(tg.buckets[2].loss, feed(tg.buckets[2], probe))
+  assert before != after
+
+
+@pytest.mark.parametrize("overrides", [
+    {}, {"reverse_source": True}, {"cell": "gru", "bidirectional_encoder": False},
+    {"attention": "luong", "input_feeding": False}])
+def test_padding_contents_change_neither_loss_nor_gradients(overrides):
+  tg = graphs.build_training_graph(tiny(**overrides))
+  session = session_for(tg)
+  ops = tg.buckets[1]
+  with tg.graph.as_default():
+    grads = tf.gradients(ops.loss, tf1.trainable_variables())
+    grads = [tf.convert_to_tensor(g) for g in grads]
+  batch = random_batch(BUCKETS[1], seed=3)
+  noisy = [x.copy() for x in batch]
+  rng = np.random.default_rng(9)
+  for row, length in enumerate(batch.source_lengths):
+    noisy[0][row, length:] = rng.integers(4, VOCAB, BUCKETS[1][0] - length)
+  pad = batch.target_weights == 0
+  noisy[2][pad] = rng.integers(4, VOCAB, pad.sum())
+  noisy[3][pad] = rng.integers(4, VOCAB, pad.sum())
+  assert (noisy[0] != batch.encoder_inputs).any() and (noisy[3] != batch.targets).any()
+  loss_a, grads_a = session.run([ops.loss, grads], feed(ops, batch))
+  loss_b, grads_b = session.run([ops.loss, grads], feed(ops, type(batch)(*noisy)))
+  assert loss_a == pytest.approx(loss_b, rel=1e-6)
+  for a, b in zip(grads_a, grads_b):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_initial_loss_is_near_log_vocab():
+  tg = graphs.build_training_graph(tiny())
+  session = session_for(tg)
+  losses = [session.run(tg.buckets[b].loss, feed(tg.buckets[b], random_batch(BUCKETS[b])))
+            for b in range(len(BUCKETS))]
+  assert np.mean(losses) == pytest.approx(math.log(VOCAB), abs=0.1)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_gradient_matches_finite_differences(cell):
+  tg = graphs.build_training_graph(tiny(cell=cell, size=8, embedding_size=8))
+  session = session_for(tg)
+  ops = tg.buckets[0]
+  batch = feed(ops, random_batch(BUCKETS[0], seed=4))
+  with tg.graph.as_default():
+    params = tf1.trainable_variables()
+    grads = [tf.convert_to_tensor(g) for g in tf.gradients(ops.loss, params)]
+    values = session.run(params)
+    rng = np.random.default_rng(0)
+    direction = [rng.standard_normal(v.shape).astype(np.float32) for v in values]
+    analytic = sum(float(np.sum(g * d)) for g, d in zip(session.run(grads, batch), direction))
+
+    def loss_at(scale):
+      for p, v, d in zip(params, values, direction):
+        p.load(v + scale * d, session)
+      return float(session.run(ops.loss, batch))
+    eps = 1e-2
+    numeric = (loss_at(eps) - loss_at(-eps)) / (2 * eps)
+  assert numeric == pytest.approx(analytic, rel=0.02)
+
+
+def test_tiny_model_overfits_one_batch():
+  tg = graphs.build_training_graph(tiny(learning_rate=0.02, size=32, embedding_size=32))
+  session = session_for(tg)
+  ops = tg.buckets[1]
+  batch = feed(ops, random_batch(BUCKETS[1], seed=5))
+  for _ in range(150):
+    loss, _ = session.run([ops.loss, ops.update], batch)
+  assert loss < 0.05
+
+
+@pytest.mark.parametrize("overrides", [
+    {"num_samples": 10}, {"label_smoothing": 0.1}, {"tie_embeddings": True},
+    {"optimizer": "sgd", "learning_rate": 0.5}, {"dropout": 0.3}])
+def test_options_train(overrides):
+  tg = graphs.build_training_graph(tiny(**overrides))
+  session = session_for(tg)
+  ops = tg.buckets[2]
+  batch = feed(ops, random_batch(BUCKETS[2], seed=6))
+  first = session.run(ops.nll_sum, {**batch, tg.model.dropout_rate: 0.0})
+  for _ in range(30):
+    session.run(ops.update, batch)
+  assert session.run(ops.nll_sum, {**batch, tg.model.dropout_rate: 0.0}) < first
+
+
+def test_greedy_graph_equals_step_by_step_decoding(tmp_path):
+  hp = tiny(learning_rate=0.05)
+  tg = graphs.build_training_graph(hp)
+  session = session_for(tg)
+  for b in range(3):  # move away from the near-uniform start so argmax is not a tie
+    session.run(tg.buckets[b].update, feed(tg.buckets[b], random_batch(BUCKETS[b], seed=b)))
+  path = tg.saver.save(session, str(tmp_path / "model.ckpt"))
+  ig = graphs.build_inference_graph(hp)
+  infer = tf1.Session(graph=ig.graph)
+  ig.saver.restore(infer, path)
+  batch = random_batch(BUCKETS[2], seed=8)
+  b = 2
+  greedy = infer.run(ig.greedy[b].ids, {ig.greedy[b].encoder_inputs: batch.encoder_inputs,
+                                        ig.greedy[b].source_lengths: batch.source_lengths})
+  enc = ig.encoders[b]
+  memory, keys, states, output = infer.run(
+      [enc.memory, enc.keys, enc.states, enc.output],
+      {enc.encoder_inputs: batch.encoder_inputs, enc.source_lengths: batch.source_lengths})
+  tokens = np.full([len(batch.source_lengths)], GO_ID, np.int32)
+  stepped = []
+  for _ in range(BUCKETS[b][1]):
+    step = ig.step
+    run_feed = {step.tokens: tokens, step.output: output, step.memory: memory, step.keys: keys,
+                step.source_lengths: batch.source_lengths}
+    run_feed.update(zip(step.states, states))
+    log_probs, output, states = infer.run([step.log_probs, step.new_output, step.new_states],
+                                          run_feed)
+    tokens = log_probs.argmax(axis=1).astype(np.int32)
+    stepped.append(tokens)
+  np.testing.assert_array_equal(greedy, np.stack(stepped, axis=1))
+  # the training graph's greedy decoder agrees too
+  train_ops = tg.buckets[b].greedy
+  train_greedy = session.run(train_ops.ids, {train_ops.encoder_inputs: batch.encoder_inputs,
+                                             train_ops.source_lengths: batch.source_lengths})
+  np.testing.assert_array_equal(greedy, train_greedy)
