@@ -24,8 +24,8 @@ from seq2seq_buckets.errors import UserError
 Score = collections.namedtuple("Score", ["name", "score", "signature", "details", "note"])
 # Keys of score()'s result, in display order.
 METRICS = ("bleu", "chrf", "bleu_lc")
-LEGACY_NOTE = ("lowercased, 13a-tokenized BLEU (sacrebleu -lc): the legacy way published "
-               "Multi30k results are scored")
+LEGACY_NOTE = ("lowercased, 13a-tokenized BLEU (sacrebleu -lc), close to the multi-bleu.perl "
+               "-lc on tokenized text that published Multi30k results report")
 
 
 def lines_of(stream, name):
@@ -33,7 +33,7 @@ def lines_of(stream, name):
   try:
     return [line.rstrip() for line in stream]
   except UnicodeDecodeError as e:
-    raise UserError(f"{name}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    raise UserError(f"{name}: not UTF-8 text ({e.reason})") from None
 
 
 def read_lines(path):
