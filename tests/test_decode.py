@@ -56,8 +56,16 @@ def test_plan_covers_every_source_once_in_its_bucket(seed):
     assert plan.sources[i] == sources[i][:BUCKETS[-1][0]]
 
 
+class GreedyStub:
+  """Stands in for graphs.GreedyOps of a bucket (I, O): feed keys and an `ids` fetch."""
+
+  def __init__(self, b, bucket):
+    self.encoder_inputs, self.source_lengths = f"in_{b}", f"lengths_{b}"
+    self.ids, self.bucket = object(), bucket
+
+
 class EchoSession:
-  """Stands in for a session running graphs.GreedyOps: outputs the source + 100, then EOS."""
+  """Stands in for a session running GreedyStub ops: outputs the source + 100, then EOS."""
 
   def __init__(self, ops):
     self.ops, self.batch_sizes = ops, []
@@ -65,8 +73,9 @@ class EchoSession:
   def run(self, ids, feed):
     ops = next(o for o in self.ops if o.ids is ids)
     inputs, lengths = feed[ops.encoder_inputs], feed[ops.source_lengths]
+    assert inputs.shape[1] == ops.bucket[0]
     self.batch_sizes.append(len(inputs))
-    out = np.full([len(inputs), ops.steps], EOS_ID)
+    out = np.full([len(inputs), ops.bucket[1]], EOS_ID)
     for row, length in enumerate(lengths):
       out[row, :length] = inputs[row, :length] + 100
     return out
@@ -76,8 +85,7 @@ class EchoSession:
 def test_greedy_outputs_come_back_in_input_order(seed):
   rng = random.Random(seed)
   sources = random_sources(rng, rng.randint(1, 50))
-  rng.shuffle(sources)
-  ops = [_GreedyStub(f"ids_{b}", o) for b, (_, o) in enumerate(BUCKETS)]
+  ops = [GreedyStub(b, bucket) for b, bucket in enumerate(BUCKETS)]
   session = EchoSession(ops)
   outputs, truncated = decoding.greedy_ids(session, ops, BUCKETS, sources, batch_size=4,
                                            max_length_ratio=10.0)
@@ -85,12 +93,6 @@ def test_greedy_outputs_come_back_in_input_order(seed):
     assert output == [x + 100 for x in source[:BUCKETS[-1][0]]]
   assert truncated == [i for i, s in enumerate(sources) if len(s) > BUCKETS[-1][0]]
   assert max(session.batch_sizes, default=0) <= 4
-
-
-class _GreedyStub:
-  def __init__(self, name, steps):
-    self.encoder_inputs, self.source_lengths = f"{name}/in", f"{name}/len"
-    self.ids, self.steps = object(), steps
 
 
 def test_output_limit():
@@ -104,18 +106,17 @@ def test_output_limit():
 
 class ToyDecoder:
   """A language model over V pieces: the log-probs of the next piece are a function of
-  (sentence, prefix). Sources are [sentence id] lists; the prefix travels as the decoder
-  output (an object array), so beam reordering is exercised as with the real graph."""
+  (source, prefix). The source travels as the encoder memory and the prefix as the
+  decoder output (object arrays), so beam reordering and batch shrinking act on them
+  as on the real graph's arrays."""
 
-  def __init__(self, log_probs):
-    self.log_probs, self.steps, self.rows = log_probs, 0, []
+  def __init__(self, log_probs, buckets=BUCKETS):
+    self.log_probs, self.buckets, self.steps, self.rows = log_probs, buckets, 0, []
 
   def encode(self, sources):
-    n = len(sources)
-    memory = np.array([s[0] for s in sources], np.int64)[:, None, None]
-    prefixes = np.empty(n, dtype=object)
-    prefixes[:] = [()] * n
-    return (decoding.Encoded(memory, memory, np.ones(n, np.int32)),
+    memory, prefixes = np.empty(len(sources), dtype=object), np.empty(len(sources), dtype=object)
+    memory[:], prefixes[:] = [tuple(s) for s in sources], [()] * len(sources)
+    return (decoding.Encoded(memory, memory, np.ones(len(sources), np.int32)),
             decoding.Recurrent(prefixes, []))
 
   def step(self, encoded, recurrent, tokens, count):
@@ -123,31 +124,30 @@ class ToyDecoder:
     self.rows.append(len(tokens))
     prefixes = np.empty(len(tokens), dtype=object)
     prefixes[:] = [p if t == GO_ID else p + (int(t),) for p, t in zip(recurrent.output, tokens)]
-    log_probs = np.stack([self.log_probs(int(m), p)
-                          for m, p in zip(encoded.memory[:, 0, 0], prefixes)])
+    log_probs = np.stack([self.log_probs(m, p) for m, p in zip(encoded.memory, prefixes)])
     ids = np.argsort(-log_probs, axis=1, kind="stable")[:, :count]
     return np.take_along_axis(log_probs, ids, 1), ids, decoding.Recurrent(prefixes, [])
 
 
 def random_lm(vocab):
-  """Deterministic random next-piece log-probs per (sentence, prefix); GO never follows."""
-  def log_probs(sentence, prefix):
-    rng = np.random.default_rng(zlib.crc32(repr((sentence, prefix)).encode()))
+  """Deterministic random next-piece log-probs per (source, prefix); GO never follows."""
+  def log_probs(source, prefix):
+    rng = np.random.default_rng(zlib.crc32(repr((source, prefix)).encode()))
     logits = rng.normal(0.0, 2.0, vocab)
     logits[GO_ID] = -np.inf
     return logits - np.logaddexp.reduce(logits)
   return log_probs
 
 
-def exhaustive(log_probs, sentence, vocab, limit, alpha):
+def exhaustive(log_probs, source, vocab, limit, alpha):
   """Every hypothesis beam search may return, as (normalised score, ids), best first."""
   found = []
   pieces = [v for v in range(vocab) if v not in (EOS_ID, GO_ID)]
   for length in range(limit + 1):
     for ids in itertools.product(pieces, repeat=length):
-      score = sum(log_probs(sentence, ids[:t])[ids[t]] for t in range(length))
+      score = sum(log_probs(source, ids[:t])[ids[t]] for t in range(length))
       if length < limit:
-        found.append(((score + log_probs(sentence, ids)[EOS_ID]) /
+        found.append(((score + log_probs(source, ids)[EOS_ID]) /
                       decoding.length_penalty_factor(length + 1, alpha), list(ids)))
       else:
         found.append((score / decoding.length_penalty_factor(length, alpha), list(ids)))
@@ -161,11 +161,11 @@ def test_wide_beam_equals_exhaustive_search(seed, alpha):
   rng = random.Random(seed)
   limits = [rng.randint(1, 4) for _ in range(4)]
   lm = random_lm(vocab)
-  sentences = [[seed * 10 + s] for s in range(len(limits))]
-  found = decoding.search_batch(ToyDecoder(lm), sentences, limits, beam_size=27,
+  sources = [[seed * 10 + s] for s in range(len(limits))]
+  found = decoding.search_batch(ToyDecoder(lm), sources, limits, beam_size=27,
                                 alpha=alpha, n_best=n_best)
-  for sentence, limit, hypotheses in zip(sentences, limits, found):
-    best = exhaustive(lm, sentence[0], vocab, limit, alpha)[:n_best]
+  for source, limit, hypotheses in zip(sources, limits, found):
+    best = exhaustive(lm, tuple(source), vocab, limit, alpha)[:n_best]
     assert [h.ids for h in hypotheses] == [ids for _, ids in best]
     np.testing.assert_allclose([h.score for h in hypotheses], [s for s, _ in best], rtol=1e-9)
 
@@ -210,10 +210,23 @@ def test_length_penalty_favours_longer_hypotheses():
 
 def test_finished_sentences_leave_the_batch():
   stops, goes_on = scripted_lm({(): {EOS_ID: 0.99}}), scripted_lm({(): {4: 0.9}, (4,): {4: 0.9}})
-  decoder = ToyDecoder(lambda s, p: (stops if s == 0 else goes_on)(s, p))
+  decoder = ToyDecoder(lambda s, p: (stops if s == (0,) else goes_on)(s, p))
   found = decoding.search_batch(decoder, [[0], [1]], [8, 8], beam_size=3, alpha=0.0, n_best=1)
   assert found[0][0].ids == []
   assert decoder.rows[0] == 6 and decoder.rows[-1] == 3  # sentence 0 stopped after one step
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_beam_outputs_come_back_in_input_order(seed):
+  rng = random.Random(seed)
+  sources = random_sources(rng, rng.randint(1, 30))
+  found, truncated = decoding.beam_search(ToyDecoder(random_lm(6)), sources, beam_size=3,
+                                          batch_size=4, n_best=2)
+  for source, hypotheses in zip(sources, found):
+    alone, _ = decoding.beam_search(ToyDecoder(random_lm(6)), [source], 3, 1, n_best=2)
+    assert hypotheses == alone[0]
+    assert (hypotheses == [decoding.Hypothesis([], 0.0)]) == (not source)
+  assert truncated == [i for i, s in enumerate(sources) if len(s) > BUCKETS[-1][0]]
 
 
 # --- the trained copy model ----------------------------------------------------------------
