@@ -172,7 +172,7 @@ def _fmt(value, digits=None):
 
 # (key, label, digits) rows of the table, in order; absent keys are skipped.
 TABLE_ROWS = [
-    ("prepare_s", "prepare Multi30k (s-prepare, auto:4 buckets), s", 1),
+    ("prepare_s", "prepare Multi30k (s2s-prepare, auto:4 buckets), s", 1),
     ("graph_build_s", "build training + inference graphs and init, s", 1),
     ("first_run_s", "first step of every bucket (TensorFlow graph optimisation), s", 1),
     ("train_tokens_per_s_bucketed", "training, target tokens/s, auto:4 buckets", 0),
@@ -735,6 +735,8 @@ def run_peer(args, settings, hp, buckets, data_dir, paths, work, ours):
   out["peer_train_tokens_per_s_reports"] = rates
   out["peer_train_wall_s"] = wall
   out["peer_train_peak_rss_mb"] = rss
+  found = re.search(r"number of parameters: (\d+)", text)
+  out["peer_trainable_parameters"] = int(found.group(1)) if found else None
   checkpoint = os.path.join(peer_dir, f"model_step_{steps}.pt")
   tgt_spm = spm.SentencePieceProcessor(model_file=tgt_model)
   for name, beam in (("greedy", 1), ("beam", settings["beam"])):
