@@ -14,8 +14,8 @@ flags.DEFINE_string("checkpoint", None, "Checkpoint to restore instead of the la
                     "such as model.ckpt-3000 or a directory such as best (both also looked up "
                     "inside --train_dir).")
 flags.DEFINE_integer("beam_size", 1, "Beam width; 1 runs the unrolled greedy decoder.")
-flags.DEFINE_float("length_penalty", 0.0, "GNMT length penalty alpha: beam scores are log-probs "
-                   "divided by ((5 + length) / 6) ** alpha; 0 disables it.")
+flags.DEFINE_float("length_penalty", 0.0, "GNMT length penalty alpha for beam search: scores "
+                   "are log-probs divided by ((5 + length) / 6) ** alpha; 0 disables it.")
 flags.DEFINE_float("max_length_ratio", 2.0, "Translations stop after max_length_ratio x source "
                    "pieces + 5 pieces (and at the bucket's target length).")
 flags.DEFINE_integer("batch_size", 64, "Sentences per batch (with beam search, x beam_size "
