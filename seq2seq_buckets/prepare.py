@@ -245,7 +245,7 @@ def _our_files(out_dir):
   return [p for p in found if os.path.exists(p)]
 
 
-def _place_vocab(out_dir, prefix, given, inputs, size, model_type, log):
+def _place_vocab(out_dir, prefix, given, inputs, size, model_type, threads, log):
   """Copies the given SentencePiece model (checked) or trains one; returns (model, info).
 
   inputs: the training files' info from _check_inputs.
@@ -258,7 +258,7 @@ def _place_vocab(out_dir, prefix, given, inputs, size, model_type, log):
     start = time.time()
     sample = vocab.sample_lines(sum(i["bytes"] for i in inputs), sum(i["lines"] for i in inputs))
     model = vocab.train_spm([i["path"] for i in inputs], os.path.join(out_dir, prefix), size,
-                            model_type, max_lines=sample)
+                            model_type, max_lines=sample, threads=threads)
     requested = size
     reached = model.get_piece_size()
     note = "" if reached == size else f" (asked for {size}; the corpus yields no more)"
@@ -271,7 +271,8 @@ def _build_vocabs(out_dir, inputs, settings, src_model, tgt_model, log):
   """Trains (or copies given) SentencePiece models into out_dir; returns (src, tgt, info).
 
   The source and target models train at the same time (SentencePiece releases
-  the GIL), which nearly halves the wait on two cores.
+  the GIL), sharing the cores between them: more threads than cores only make
+  SentencePiece's workers wait for each other.
   """
   model_type = settings["spm_model_type"]
   if settings["shared_vocab"]:
@@ -280,8 +281,9 @@ def _build_vocabs(out_dir, inputs, settings, src_model, tgt_model, log):
   else:
     jobs = {"source": (SRC_SPM, src_model, [inputs["train_src"]], settings["src_vocab_size"]),
             "target": (TGT_SPM, tgt_model, [inputs["train_tgt"]], settings["tgt_vocab_size"])}
+  threads = max(1, (os.cpu_count() or 1) // len(jobs))
   with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
-    futures = {side: pool.submit(_place_vocab, out_dir, *job, model_type, log)
+    futures = {side: pool.submit(_place_vocab, out_dir, *job, model_type, threads, log)
                for side, job in jobs.items()}
     done = {side: future.result() for side, future in futures.items()}
   src, src_info = done["source"]

@@ -23,12 +23,14 @@ def sample_lines(text_bytes, lines):
   return max(1, SPM_SAMPLE_BYTES * lines // max(text_bytes, 1))
 
 
-def train_spm(inputs, model_prefix, vocab_size, model_type="unigram", max_lines=None):
+def train_spm(inputs, model_prefix, vocab_size, model_type="unigram", max_lines=None,
+              threads=None):
   """Trains a SentencePiece model on the text files `inputs`; returns the loaded model.
 
   With hard_vocab_limit=False a vocab_size larger than the corpus can yield is not
   an error: the model stops at the size reached (its get_piece_size()). Only
-  `max_lines` random lines are used when given (see sample_lines).
+  `max_lines` random lines are used when given (see sample_lines). `threads`
+  defaults to one per core.
   """
   try:
     spm.SentencePieceTrainer.train(
@@ -36,7 +38,7 @@ def train_spm(inputs, model_prefix, vocab_size, model_type="unigram", max_lines=
         model_type=model_type, pad_id=PAD_ID, bos_id=GO_ID, eos_id=EOS_ID, unk_id=UNK_ID,
         character_coverage=1.0, hard_vocab_limit=False,
         input_sentence_size=max_lines or 0, shuffle_input_sentence=True,
-        num_threads=os.cpu_count() or 1, minloglevel=2)
+        num_threads=threads or os.cpu_count() or 1, minloglevel=2)
   except RuntimeError as e:
     message = str(e).splitlines()[0]
     need = re.search(r"smaller than required_chars\. \d+ vs (\d+)", message)
