@@ -333,10 +333,10 @@ def _log_window(log, writer, step, window, lr, pairs, options, train_start, star
   epoch = step * window["pairs"] / steps / max(pairs, 1)
   elapsed = time.time() - train_start
   rate = (step - start_step) / max(elapsed, 1e-9)
-  remaining = [(options.max_steps - step) / max(rate, 1e-9)]
+  remaining = [(options.max_steps - step) / rate] if rate > 0 else []
   if options.max_time_minutes:
     remaining.append(60 * options.max_time_minutes - elapsed)
-  eta = _eta(max(0.0, min(remaining)))
+  eta = _eta(max(0.0, min(remaining))) if remaining else "?"
   log(f"step {step} epoch {epoch:.2f} lr {lr:.3g} step-time {step_time * 1000:.0f}ms "
       f"tok/s {tok_s:.0f} ppl {ppl:.2f} grad-norm {window['norm'] / steps:.2f} "
       f"input-wait {window['wait'] / window['time']:.1%} ETA {eta}")
