@@ -260,6 +260,25 @@ def test_cli_on_a_tiny_corpus_with_a_flagfile(copy_corpus, tmp_path):
   assert manifest_lib.read_manifest(out) == manifest
 
 
+@pytest.mark.parametrize("options, message", [
+    ({"spm_model_type": "char"}, "unigram or bpe"),
+    ({"src_vocab_size": 4}, "--src_vocab_size=4 is too small"),
+    ({"tgt_vocab_size": -1}, "--tgt_vocab_size=-1 is too small"),
+    ({"buckets": "auto:0"}, "auto:N"),
+])
+def test_bad_options_fail_before_writing(copy_corpus, tmp_path, options, message):
+  out = tmp_path / "out"
+  with pytest.raises(UserError, match=message):
+    prepare(**copy_corpus, out_dir=out, **{**TINY, **options}, **QUIET)
+  assert not out.exists()
+
+
+def test_out_dir_that_is_a_file(copy_corpus, tmp_path):
+  (tmp_path / "file").write_text("x")
+  with pytest.raises(UserError, match="cannot create the output directory"):
+    prepare(**copy_corpus, out_dir=tmp_path / "file", **TINY, **QUIET)
+
+
 def bad_id_model(tmp_path, corpus):
   """A SentencePiece model with SentencePiece's default ids (unk=0, no pad)."""
   prefix = str(tmp_path / "default_ids")
