@@ -76,20 +76,10 @@ class Translator:
     self.buckets = [tuple(b) for b in hp.buckets]
     self.graph = graphs.build_inference_graph(hp)
     with self.graph.graph.as_default():
-      # The model's weights only: graph.saver also wants `global_step`, which training
-      # checkpoints hold as train_state/global_step.
-      weights = tf1.trainable_variables()
-      saver = tf1.train.Saver(weights)
-    _check_checkpoint(self.checkpoint, weights)
+      _check_checkpoint(self.checkpoint, tf1.global_variables())
     top_k = decoding.add_top_k(self.graph)
     self.graph.graph.finalize()
-    self.session = tf1.Session(graph=self.graph.graph, config=trainer.session_config())
-    try:
-      saver.restore(self.session, self.checkpoint)
-    except tf.errors.OpError as e:
-      self.session.close()
-      raise UserError(f"{self.checkpoint}: cannot restore this model from it "
-                      f"({e.message.splitlines()[0]})") from None
+    self.session = _restored_session(self.graph, self.checkpoint)
     self.step_decoder = decoding.StepDecoder(self.session, self.graph, top_k, self.buckets)
 
   @property
@@ -136,6 +126,18 @@ class Translator:
 
   def __exit__(self, *_):
     self.close()
+
+
+def _restored_session(graph, checkpoint):
+  """A session on graph (a finalized graphs.InferenceGraph) holding checkpoint's weights."""
+  session = tf1.Session(graph=graph.graph, config=trainer.session_config())
+  try:
+    graph.saver.restore(session, checkpoint)
+  except tf.errors.OpError as e:
+    session.close()
+    raise UserError(f"{checkpoint}: cannot restore this model from it "
+                    f"({e.message.splitlines()[0]})") from None
+  return session
 
 
 def _check_checkpoint(checkpoint, variables):
