@@ -8,7 +8,6 @@ line). With --n_best=N > 1 each input line gives up to N lines
 'LINE<TAB>SCORE<TAB>TRANSLATION', best first, LINE counting input lines from 1.
 """
 
-import os
 import sys
 import time
 
