@@ -5,11 +5,12 @@
     python scripts/benchmark.py                    # full: the README's numbers
     python scripts/benchmark.py --peer [--steps N] # also OpenNMT-py 3.5.1, side by side
 
-What it measures, in this order (each TensorFlow part in a subprocess of its own,
-so every peak RSS is that part's alone, read with os.wait4):
+What it measures (each TensorFlow part in a subprocess of its own, so every peak
+RSS is that part's alone, read with os.wait4 or getrusage):
 
-  machine   CPU model, cores, memory; fp32 matmul GFLOP/s peak (large square
-            matmul through TensorFlow, best of several runs).
+  machine   CPU model, cores, memory, load average; fp32 matmul GFLOP/s peak (large
+            square matmul through TensorFlow, best of several runs; measured in
+            the speed subprocess once its training sessions are closed).
   prepare   wall time of `s2s-prepare` (auto:4 buckets) on Multi30k; a second
             directory with one max-length bucket (the padded baseline) from the
             same SentencePiece models.
@@ -20,7 +21,10 @@ so every peak RSS is that part's alone, read with os.wait4):
             efficiency of both; model FLOPs per target token (analytic) and the
             fraction of the matmul peak that training reaches (mfu).
   train     the real trainer (`seq2seq_buckets.trainer.train`) for --steps
-            steps: its peak RSS, and the model that decoding uses.
+            steps: its peak RSS, and the model that decoding uses. --quick has
+            --steps 0: no trainer run; decoding uses the model the speed run
+            trained, and the training RSS is the speed process's before it
+            builds the padded model.
   decode    test_2016_flickr: batched greedy and beam-5 sentences/s, interactive
             (one sentence at a time, text in, text out) p50/p95 ms, BLEU, peak RSS.
   peer      (--peer) OpenNMT-py 3.5.1 in its own virtualenv (scripts/peer/setup_peer.sh),
@@ -234,10 +238,16 @@ def _goal_text(key, value):
 
 def markdown_table(results):
   """The README table: a heading line with mode, date and machine, then figure | value | goal."""
+  m = results.get("machine", {})
   lines = [f"Benchmark ({results.get('mode', '?')} mode, {results.get('date', '?')}; "
            f"model trained {results.get('model_steps', '?')} steps): {machine_line(results)}",
            "",
            "| figure | value | goal |", "|---|---|---|"]
+  load = max(m.get("load_average") or 0, m.get("load_average_end") or 0)
+  if m.get("cores") and load > 0.5 * m["cores"]:
+    lines[1:1] = ["", f"Note: the machine was busy (load average up to {load:.1f} on "
+                  f"{m['cores']} cores): these figures are noisy, and the OpenNMT-py ones "
+                  "suffer most (its OpenMP threads stall when cores are oversubscribed)."]
   for key, label, digits in TABLE_ROWS:
     if results.get(key) is None:
       continue
@@ -460,6 +470,10 @@ def worker_speed(a):
     out["saved_model_steps"] = step
   for run in runs.values():
     run["session"].close()
+  if a.get("matmul"):
+    # The machine's peak, measured here to spare --quick another TensorFlow start-up;
+    # after the RSS reading above, with the training sessions closed.
+    out.update(worker_matmul(a["matmul"]))
   return out
 
 
@@ -834,12 +848,6 @@ def main(argv=None):
   }
   try:
     log(f"{mode} mode, work dir {work}, load average {os.getloadavg()[0]:.2f}")
-    matmul, _ = run_worker("matmul", {"size": settings["matmul_size"],
-                                      "reps": settings["matmul_reps"]}, work)
-    results["machine"]["tensorflow"] = matmul.pop("tensorflow")
-    results.update(matmul)
-    log(f"matmul peak {results['matmul_gflops']:.1f} GFLOP/s")
-
     bucketed_dir = os.path.join(work, "data_bucketed")
     padded_dir = os.path.join(work, "data_padded")
     results["prepare_s"], results["prepare_internal_s"] = run_prepare(
@@ -858,8 +866,11 @@ def main(argv=None):
         "data_dirs": {"bucketed": bucketed_dir, "padded": padded_dir}, "overrides": overrides,
         "steps": settings["speed_steps"], "reps": settings["speed_reps"],
         "warmup_steps": settings["warmup_steps"],
-        "save_dir": None if settings["steps"] else quick_model}, work)
+        "save_dir": None if settings["steps"] else quick_model,
+        "matmul": {"size": settings["matmul_size"], "reps": settings["matmul_reps"]}}, work)
+    results["machine"]["tensorflow"] = speed.pop("tensorflow")
     results.update(speed)
+    log(f"matmul peak {results['matmul_gflops']:.1f} GFLOP/s")
     results["bucket_speedup"] = ratio(results["train_tokens_per_s_bucketed"],
                                       results["train_tokens_per_s_padded"])
     results["flops_per_target_token"] = results["useful_flops_per_target_token_bucketed"]
@@ -908,6 +919,7 @@ def main(argv=None):
                               bucketed_dir, paths, work, results))
   finally:
     results["benchmark_wall_s"] = time.time() - started
+    results["machine"]["load_average_end"] = os.getloadavg()[0]
     write_json(results, args.json)
     if not args.work_dir and not args.keep_work_dir:
       shutil.rmtree(work, ignore_errors=True)

@@ -45,6 +45,7 @@ def test_markdown_table_formats_a_given_dict():
   assert lines[0].startswith("Benchmark (quick mode, 2026-11-28 10:00; model trained 30 steps): AMD EPYC 7B13")
   assert "2 cores" in lines[0] and "101.2 GFLOP/s" in lines[0] and "load average" in lines[0]
   assert "| figure | value | goal |" in lines
+  assert any(line.startswith("Note: the machine was busy (load average up to 3.1") for line in lines)
   assert "| training, target tokens/s, auto:4 buckets | 6,000 |  |" in lines
   assert "| bucket speedup (bucketed / padded) | 3.00 | >= 2.5 (met) |" in lines
   assert "| mfu (achieved / measured matmul peak) | 0.420 | >= 0.5 (missed) |" in lines
