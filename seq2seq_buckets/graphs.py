@@ -23,11 +23,18 @@ tf1.disable_eager_execution()
 BucketTrainOps = collections.namedtuple(
     "BucketTrainOps", ["inputs", "loss", "nll_sum", "tokens", "grad_norm", "update",
                        "greedy"])
+# eval_state: name -> variable for the evaluation bookkeeping in EVAL_STATE;
+# eval_setters: name -> (placeholder, assign op) to write it.
 TrainState = collections.namedtuple(
-    "TrainState", ["global_step", "learning_rate", "decay_learning_rate", "best_dev_loss",
-                   "recent_dev_losses", "best_bleu", "bad_evals"])
+    "TrainState", ["global_step", "learning_rate", "decay_learning_rate", "eval_state",
+                   "eval_setters"])
+# Evaluation bookkeeping kept in the checkpoint, with its initial values.
+EVAL_STATE = {"best_dev_loss": float("inf"), "recent_dev_losses": [float("inf")] * 3,
+              "best_bleu": -1.0, "bad_evals": 0}
 TrainingGraph = collections.namedtuple(
     "TrainingGraph", ["graph", "model", "buckets", "state", "init", "saver"])
+
+# update: runs the optimizer step and yields the global step after it (int64 scalar).
 
 # Per bucket encoder for beam search: inputs (encoder_inputs [N, I], source_lengths [N]) ->
 # memory, keys [N, I, H], states (flat list of [N, H]), initial output [N, H].
@@ -71,16 +78,15 @@ def _train_state(hparams):
   """Loop state kept in the checkpoint, so a resumed run continues where it stopped."""
   global_step = tf1.train.get_or_create_global_step()
   with tf1.variable_scope("train_state"):
-    def scalar(name, value, dtype=tf.float32):
-      return tf1.get_variable(name, initializer=tf.constant(value, dtype), trainable=False)
-    learning_rate = scalar("learning_rate", hparams.learning_rate)
-    return TrainState(
-        global_step, learning_rate,
-        learning_rate.assign(learning_rate * hparams.learning_rate_decay_factor),
-        scalar("best_dev_loss", float("inf")),
-        tf1.get_variable("recent_dev_losses", initializer=tf.fill([3], float("inf")),
-                         trainable=False),
-        scalar("best_bleu", -1.0), scalar("bad_evals", 0, tf.int32))
+    learning_rate = tf1.get_variable("learning_rate", initializer=float(hparams.learning_rate),
+                                     trainable=False)
+    decay = learning_rate.assign(learning_rate * hparams.learning_rate_decay_factor)
+    variables, setters = {}, {}
+    for name, initial in EVAL_STATE.items():
+      variables[name] = tf1.get_variable(name, initializer=tf.constant(initial), trainable=False)
+      value = tf1.placeholder(variables[name].dtype.base_dtype, variables[name].shape)
+      setters[name] = (value, variables[name].assign(value))
+  return TrainState(global_step, learning_rate, decay, variables, setters)
 
 
 def build_training_graph(hparams, max_checkpoints=5):
@@ -103,7 +109,9 @@ def build_training_graph(hparams, max_checkpoints=5):
         # dense embedding gradients: fused dense Adam beats its sparse path here
         grads = [tf.convert_to_tensor(g) for g in tf.gradients(loss.loss, params)]
         clipped, grad_norm = tf.clip_by_global_norm(grads, hparams.max_gradient_norm)
-        update = optimizer.apply_gradients(zip(clipped, params), global_step=state.global_step)
+        with tf.control_dependencies([optimizer.apply_gradients(zip(clipped, params),
+                                                                global_step=state.global_step)]):
+          update = tf.identity(state.global_step.read_value(), "new_global_step")
       buckets.append(BucketTrainOps(inputs, loss.loss, loss.nll_sum, loss.tokens, grad_norm,
                                     update, greedy_ops(model, bucket, f"bucket_{b}/greedy")))
     init = tf1.global_variables_initializer()

@@ -211,7 +211,7 @@ def train(*, data_dir, train_dir, overrides, options, log=print):
       if b_tokens:
         per_bucket[b] = math.exp(min(float(b_nll / b_tokens), 50))
       nll, tokens = nll + b_nll, tokens + b_tokens
-    dev_loss = float(nll / max(tokens, 1.0))
+    dev_loss = float(nll / max(tokens, 1.0))  # nan/inf when training diverged
     result = {"step": step, "dev_loss": dev_loss, "dev_ppl": math.exp(min(dev_loss, 50)),
               "dev_ppl_per_bucket": per_bucket}
     if options.steps_per_bleu and step % options.steps_per_bleu == 0 and dev_src:
@@ -222,24 +222,23 @@ def train(*, data_dir, train_dir, overrides, options, log=print):
     return result
 
   def on_evaluation(result):
-    """Plateau decay, best checkpoint, patience; returns True to stop early."""
-    lr, recent, best_loss, best_bleu, bad = session.run(
-        [state.learning_rate, state.recent_dev_losses, state.best_dev_loss, state.best_bleu,
-         state.bad_evals])
-    if result["dev_loss"] > recent.max() and hp.learning_rate_decay_factor < 1.0:
+    """Plateau decay, best score, patience -> (improved, stop early)."""
+    lr, saved = session.run([state.learning_rate, state.eval_state])
+    if result["dev_loss"] > max(saved["recent_dev_losses"]) and \
+        hp.learning_rate_decay_factor < 1.0:
       lr = session.run(state.decay_learning_rate)
       log(f"dev loss plateau: learning rate decayed to {lr:.3g}")
-    state.recent_dev_losses.load(np.append(recent[1:], result["dev_loss"]), session)
+    update = {"recent_dev_losses": np.append(saved["recent_dev_losses"][1:], result["dev_loss"]),
+              "best_dev_loss": min(saved["best_dev_loss"], result["dev_loss"])}
     if "dev_bleu" in result:
-      improved = result["dev_bleu"] > best_bleu
-      if improved:
-        state.best_bleu.load(result["dev_bleu"], session)
+      improved = result["dev_bleu"] > saved["best_bleu"]
+      update["best_bleu"] = max(saved["best_bleu"], result["dev_bleu"])
     else:
-      improved = result["dev_loss"] < best_loss
-    if result["dev_loss"] < best_loss:
-      state.best_dev_loss.load(result["dev_loss"], session)
-    bad = 0 if improved else bad + 1
-    state.bad_evals.load(bad, session)
+      improved = result["dev_loss"] < saved["best_dev_loss"]
+    bad = 0 if improved else int(saved["bad_evals"]) + 1
+    update["bad_evals"] = bad
+    session.run([state.eval_setters[k][1] for k in update],
+                {state.eval_setters[k][0]: v for k, v in update.items()})
     result.update(learning_rate=float(lr), improved=bool(improved), bad_evals=int(bad))
     return improved, options.patience and bad >= options.patience
 
@@ -263,9 +262,8 @@ def train(*, data_dir, train_dir, overrides, options, log=print):
       batch = session.run(nexts[b])
       t1 = time.time()
       bt = tg.buckets[b]
-      loss, norm, tokens, _, step = session.run(
-          [bt.loss, bt.grad_norm, bt.tokens, bt.update, state.global_step],
-          _feed(bt.inputs, batch))
+      loss, norm, tokens, step = session.run([bt.loss, bt.grad_norm, bt.tokens, bt.update],
+                                             _feed(bt.inputs, batch))
       t2 = time.time()
       step = int(step)
       if not np.isfinite(loss) or not np.isfinite(norm):
@@ -303,8 +301,12 @@ def train(*, data_dir, train_dir, overrides, options, log=print):
 
 def _checkpoint_and_evaluate(log, save, evaluate, on_evaluation, writer, metrics_path,
                              best_saver, session, train_dir, step):
-  path = save()
   result = evaluate()
+  if not math.isfinite(result["dev_loss"]):
+    raise TrainingDiverged(
+        f"dev loss became {result['dev_loss']} at step {step}; this state was not saved and "
+        f"the last good checkpoint stays in {train_dir}; lower --learning_rate")
+  path = save()
   improved, stop = on_evaluation(result)
   if improved and "dev_bleu" in result:
     best_saver.save(session, os.path.join(train_dir, BEST_DIR, CHECKPOINT_PREFIX),
