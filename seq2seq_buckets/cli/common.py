@@ -1,4 +1,4 @@
-"""What every entry point shares: quiet TensorFlow logs, one-line errors, exit codes."""
+"""What every entry point shares: quiet logs, `--help`, one-line errors, exit codes."""
 
 import os
 import sys
@@ -6,6 +6,8 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags  # pylint: disable=g-import-not-at-top
+from absl import logging  # pylint: disable=g-import-not-at-top
 
 from seq2seq_buckets.errors import UserError  # pylint: disable=g-import-not-at-top
 
@@ -15,10 +17,19 @@ def log(message):
 
 
 def run(main):
-  """Runs an absl `main`, turning UserError into `error: ...` and exit status 2."""
+  """Runs an absl `main`, turning UserError into `error: ...` and exit status 2.
+
+  The flags of the module defining `main` (and those it adopts) are shown by
+  `--help`; absl would otherwise list only the console-script wrapper's (none).
+  """
+  for flag in flags.FLAGS.get_key_flags_for_module(main.__module__):
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+
   def guarded(argv):
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not flags.FLAGS["verbosity"].present:
+      logging.set_verbosity(logging.WARNING)  # no INFO lines from TensorFlow's savers
     try:
       main()
     except UserError as e:
@@ -27,4 +38,7 @@ def run(main):
     except KeyboardInterrupt:
       log("interrupted")
       sys.exit(130)
+    except BrokenPipeError:  # e.g. `s2s-evaluate --json | head`
+      sys.stderr.close()
+      sys.exit(141)
   app.run(guarded)

@@ -17,6 +17,8 @@ from seq2seq_buckets import evaluation
 from seq2seq_buckets.cli import common
 from seq2seq_buckets.cli import translation_flags
 
+flags.adopt_module_key_flags(translation_flags)
+
 flags.DEFINE_string("input", None, "Text to translate, one sentence a line (default: stdin).")
 flags.DEFINE_string("output", None, "Where translations go (default: stdout).")
 flags.DEFINE_integer("n_best", 1, "Hypotheses per input line; above 1, each is written as "

@@ -12,6 +12,8 @@ from seq2seq_buckets import evaluation
 from seq2seq_buckets.cli import common
 from seq2seq_buckets.cli import translation_flags
 
+flags.adopt_module_key_flags(translation_flags)
+
 flags.DEFINE_string("hyp", None, "Detokenized translations, one a line.")
 flags.DEFINE_string("ref", None, "Detokenized references, parallel to --hyp or --src.")
 flags.DEFINE_string("src", None, "Source text to translate with --train_dir, then score.")

@@ -4,7 +4,6 @@ s2s-evaluate --train_dir."""
 import time
 
 from absl import flags
-from absl import logging
 
 from seq2seq_buckets.cli import common
 
@@ -25,8 +24,6 @@ FLAGS = flags.FLAGS
 
 def load_translator():
   """The --train_dir model, restored from --checkpoint or the latest checkpoint."""
-  if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # no INFO line from the checkpoint restore
   start = time.perf_counter()
   translator = _translator_lib().Translator(FLAGS.train_dir, FLAGS.checkpoint)
   common.log(f"loaded {translator.checkpoint} in {time.perf_counter() - start:.1f}s")
