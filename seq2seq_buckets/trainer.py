@@ -99,6 +99,20 @@ class _Stopper:
       signal.signal(sig, handler)
 
 
+def train_batches(manifest, data_dir, hp):
+  """Per bucket, the get-next tensors (a BatchedInput) of its shuffled, repeating shards,
+  or None for an empty bucket. Call inside the training graph."""
+  nexts = []
+  for b, bucket in enumerate(manifest["buckets"]):
+    files = [os.path.join(data_dir, f) for f in bucket["shards"]]
+    if not files:
+      nexts.append(None)
+      continue
+    dataset = shards.bucket_dataset(files, tuple(hp.buckets[b]), hp.batch_size, seed=hp.seed + b)
+    nexts.append(tf1.data.make_one_shot_iterator(dataset).get_next())
+  return nexts
+
+
 def _read_dev_batches(manifest, data_dir, batch_size):
   """All dev batches as NumPy BatchedInputs, per bucket (dev sets are small)."""
   graph = tf.Graph()
@@ -159,15 +173,7 @@ def train(*, data_dir, train_dir, overrides, options, log=print):
   tg = graphs.build_training_graph(hp, max_checkpoints=options.keep_checkpoints)
   sizes = [b["pairs"] for b in manifest["buckets"]]
   with tg.graph.as_default():
-    nexts = []
-    for b, bucket in enumerate(manifest["buckets"]):
-      files = [os.path.join(data_dir, f) for f in bucket["shards"]]
-      if not files:
-        nexts.append(None)
-        continue
-      dataset = shards.bucket_dataset(files, tuple(hp.buckets[b]), hp.batch_size,
-                                      seed=hp.seed + b)
-      nexts.append(tf1.data.make_one_shot_iterator(dataset).get_next())
+    nexts = train_batches(manifest, data_dir, hp)
     best_saver = tf1.train.Saver(max_to_keep=1)
   tg.graph.finalize()
   dev_batches = _read_dev_batches(manifest, data_dir, hp.batch_size)
