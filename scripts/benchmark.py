@@ -353,11 +353,9 @@ def worker_speed(a):
   """
   import resource  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from seq2seq_buckets import graphs, shards, trainer  # pylint: disable=g-import-not-at-top
+  from seq2seq_buckets import graphs, trainer  # pylint: disable=g-import-not-at-top
   from seq2seq_buckets import hparams as hparams_lib  # pylint: disable=g-import-not-at-top
   from seq2seq_buckets.sampler import BucketSampler  # pylint: disable=g-import-not-at-top
-  tf1 = tf.compat.v1
   runs, out = {}, {}
 
   def build(mode):
@@ -367,15 +365,7 @@ def worker_speed(a):
     tg = graphs.build_training_graph(hp)
     out[f"train_graph_build_s_{mode}"] = time.perf_counter() - start
     with tg.graph.as_default():
-      nexts = []
-      for b, bucket in enumerate(manifest["buckets"]):
-        files = [os.path.join(data_dir, f) for f in bucket["shards"]]
-        if not files:
-          nexts.append(None)
-          continue
-        dataset = shards.bucket_dataset(files, tuple(hp.buckets[b]), hp.batch_size,
-                                        seed=hp.seed + b)
-        nexts.append(tf1.data.make_one_shot_iterator(dataset).get_next())
+      nexts = trainer.train_batches(manifest, data_dir, hp)
     session = _session(tg.graph)
     start = time.perf_counter()
     session.run(tg.init)
