@@ -84,10 +84,27 @@ def test_writer_rolls_shards_and_leaves_no_partial(tmp_path, monkeypatch):
   assert data == shards.frame_records(words, lengths).tobytes()
 
 
+def read_batches(files, bucket, batch_size, count=None, **kwargs):
+  """Batches of bucket_dataset as NumPy BatchedInputs (all, or the first `count`), read
+  in graph mode as training reads them (the process may have eager execution off)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf1 = tf.compat.v1
+  with tf.Graph().as_default() as graph:
+    dataset = shards.bucket_dataset(files, bucket, batch_size, **kwargs)
+    next_batch = tf1.data.make_one_shot_iterator(dataset).get_next()
+    out = []
+    with tf1.Session(graph=graph) as session:
+      while count is None or len(out) < count:
+        try:
+          out.append(batches.BatchedInput(*session.run(next_batch)))
+        except tf.errors.OutOfRangeError:
+          break
+  return out
+
+
 def read_all(files, bucket, batch_size):
-  """Every batch of bucket_dataset, unshuffled, as NumPy BatchedInputs."""
-  dataset = shards.bucket_dataset(files, bucket, batch_size, shuffle=False, repeat=False)
-  return [batches.BatchedInput(*(np.asarray(x) for x in batch)) for batch in dataset]
+  """Every batch of bucket_dataset, unshuffled."""
+  return read_batches(files, bucket, batch_size, shuffle=False, repeat=False)
 
 
 def test_read_back_equals_pad_batch(tmp_path):
@@ -109,9 +126,8 @@ def test_shuffled_repeating_batches_have_the_bucket_shape(tmp_path):
   files = write_bucket(tmp_path, "train", sources, targets)
   want = batches.pad_batch(sources, targets, bucket)
   rows = {tuple(r) for r in want.encoder_inputs.tolist()}
-  dataset = shards.bucket_dataset(files, bucket, 4, shuffle=True, repeat=True, seed=1)
   seen = set()
-  for batch in dataset.take(6):
+  for batch in read_batches(files, bucket, 4, count=6, shuffle=True, repeat=True, seed=1):
     assert batch.encoder_inputs.shape == (4, 12) and batch.targets.shape == (4, 13)
-    seen |= {tuple(r) for r in batch.encoder_inputs.numpy().tolist()}
+    seen |= {tuple(r) for r in batch.encoder_inputs.tolist()}
   assert seen == rows  # 24 draws over 9 pairs, repeating: each comes back
