@@ -7,12 +7,18 @@ Padded source positions get probability exactly 0.
 
 import tensorflow as tf
 
-from seq2seq_buckets.cells import read
+from seq2seq_buckets.cells import graph_constant, read
 
 tf1 = tf.compat.v1
 
 
 class Attention:
+  """Bahdanau: score = v . tanh(keys + W_q query); Luong (general): score = keys . query.
+
+  The output tanh(W_o [context; query]) multiplies the two row blocks of W_o
+  separately (no concat). Einsum contractions keep each step free of the
+  expand/squeeze reshapes that batched matmuls would need.
+  """
 
   def __init__(self, kind, size, name="attention"):
     self.kind = kind
@@ -20,8 +26,9 @@ class Attention:
       self.key_kernel = read(tf1.get_variable("key_kernel", [size, size]))
       if kind == "bahdanau":
         self.query_kernel = read(tf1.get_variable("query_kernel", [size, size]))
-        self.score_vector = read(tf1.get_variable("score_vector", [size, 1]))
-      self.output_kernel = read(tf1.get_variable("output_kernel", [2 * size, size]))
+        self.score_vector = tf.reshape(read(tf1.get_variable("score_vector", [size, 1])), [size])
+      self.context_kernel, self.query_output_kernel = tf.split(
+          read(tf1.get_variable("output_kernel", [2 * size, size])), 2)
 
   def keys(self, memory):
     """memory [B, I, H] -> keys [B, I, H]."""
@@ -31,13 +38,14 @@ class Attention:
     """query [B, H], memory/keys [B, I, H], mask_bias [B, I] (see `mask_bias`) ->
     (attentional output [B, H], alignments [B, I])."""
     if self.kind == "bahdanau":
-      projected = tf.expand_dims(tf.matmul(query, self.query_kernel), 1)
-      scores = tf.squeeze(tf.einsum("bih,hk->bik", tf.tanh(keys + projected), self.score_vector), 2)
+      projected = tf.expand_dims(tf.matmul(query, self.query_kernel), graph_constant(1))
+      scores = tf.einsum("bih,h->bi", tf.tanh(keys + projected), self.score_vector)
     else:
-      scores = tf.squeeze(tf.matmul(keys, tf.expand_dims(query, 2)), 2)
-    alignments = tf.nn.softmax(scores + mask_bias, axis=1)
-    context = tf.squeeze(tf.matmul(tf.expand_dims(alignments, 1), memory), 1)
-    output = tf.tanh(tf.matmul(tf.concat([context, query], 1), self.output_kernel))
+      scores = tf.einsum("bih,bh->bi", keys, query)
+    alignments = tf.nn.softmax(scores + mask_bias)
+    context = tf.einsum("bi,bih->bh", alignments, memory)
+    output = tf.tanh(tf.matmul(context, self.context_kernel) +
+                     tf.matmul(query, self.query_output_kernel))
     return output, alignments
 
 

@@ -1,14 +1,18 @@
 """LSTM and GRU layers over tf.compat.v1.get_variable, shaped for unrolled graphs.
 
-Each layer keeps one kernel [in + units, G*units] whose rows are the input rows
-followed by the recurrent rows. The part of the input known for a whole
-sequence is projected in one large matmul (`project`: [T, B, in'] ->
-[T, B, G*units], bias included); each unrolled step then multiplies only the
-rest ([x_rest; h] or h) by the remaining rows. Plain MatMul ops (oneDNN on CPU)
-run the backward pass much faster here than TensorFlow's fused BlockLSTM kernels.
+The LSTM step is TensorFlow's fused LSTMBlockCell kernel: one op per unrolled
+step instead of about fifteen, which keeps the graphs of every bucket small
+enough to build in seconds. Core TensorFlow no longer registers its gradient,
+so `_lstm_block_cell_grad` below does: LSTMBlockCellGrad for the elementwise
+part, plain MatMuls (oneDNN on CPU) for the input, recurrent and weight
+gradients.
 
-States are tuples of [B, units] float32: LSTM (c, h), GRU (h,); the output is h.
+Each layer keeps one kernel [in + units, G*units] whose rows are the input rows
+followed by the recurrent rows. States are tuples of [B, units] float32: LSTM
+(c, h), GRU (h,); the output is h.
 """
+
+import weakref
 
 import tensorflow as tf
 
@@ -21,8 +25,46 @@ def read(variable):
   return tf.identity(variable)
 
 
+_CONSTANTS = weakref.WeakKeyDictionary()
+
+
+def graph_constant(value):
+  """tf.constant(value) (an int or a tuple of ints), made once per graph or function
+  body and shared: unrolled steps and their gradients would otherwise add one Const
+  op per axis or size argument."""
+  graph = tf1.get_default_graph()
+  cache = _CONSTANTS.setdefault(graph, {})
+  if value not in cache:
+    with graph.control_dependencies(None), tf1.name_scope(None):
+      cache[value] = tf.constant(value, tf.int32, name="shared_constant")
+  return cache[value]
+
+
+@tf.RegisterGradient("LSTMBlockCell")
+def _lstm_block_cell_grad(op, *grads):
+  """Gradients of LSTMBlockCell (peepholes off) w.r.t. x, cs_prev, h_prev, w and b.
+
+  Only the cs and h outputs are used downstream, so only their gradients
+  (grads[1], grads[6]) flow back; dicfo [B, 4*units] is the gradient of the
+  gate pre-activations.
+  """
+  x, cs_prev, h_prev, w, wci, wcf, wco, b = op.inputs
+  i, cs, f, o, ci, co, h = op.outputs
+  cs_grad = tf.zeros_like(cs) if grads[1] is None else grads[1]
+  h_grad = tf.zeros_like(h) if grads[6] is None else grads[6]
+  cs_prev_grad, dicfo, _, _, _ = tf.raw_ops.LSTMBlockCellGrad(
+      x=x, cs_prev=cs_prev, h_prev=h_prev, w=w, wci=wci, wcf=wcf, wco=wco, b=b, i=i, cs=cs,
+      f=f, o=o, ci=ci, co=co, cs_grad=cs_grad, h_grad=h_grad, use_peephole=False)
+  one = graph_constant(1)
+  x_grad, h_prev_grad = tf.split(tf.matmul(dicfo, w, transpose_b=True),
+                                 graph_constant((x.shape[1], h_prev.shape[1])), axis=one)
+  w_grad = tf.matmul(tf.concat([x, h_prev], one), dicfo, transpose_a=True)
+  return (x_grad, cs_prev_grad, h_prev_grad, w_grad, None, None, None,
+          tf.reduce_sum(dicfo, axis=graph_constant(0)))
+
+
 class _Layer:
-  """Kernel layout and row slicing shared by both cells."""
+  """A kernel [input_size + units, gates * units] and a bias, created under `name`."""
 
   gates = None
 
@@ -33,68 +75,45 @@ class _Layer:
     with tf1.variable_scope(name):
       self.kernel = read(tf1.get_variable("kernel", [input_size + units, self.gates * units]))
       self.bias = read(tf1.get_variable("bias", initializer=bias_init))
-    self._rows = {}
-
-  def rows(self, start, stop=None):
-    """kernel[start:stop], sliced once per graph and reused by every step."""
-    key = (start, stop)
-    if key not in self._rows:
-      self._rows[key] = self.kernel[start:stop]
-    return self._rows[key]
-
-  def project(self, x):
-    """x [T, B, k] (the first k input features) -> [T, B, G*units], bias included."""
-    k = x.shape[-1]
-    flat = tf.reshape(x, [-1, k])
-    projected = tf.matmul(flat, self.rows(0, k)) + self.bias
-    return tf.reshape(projected, tf.concat([tf.shape(x)[:-1], [self.gates * self.units]], 0))
 
   def zero_state(self, batch):
     raise NotImplementedError
 
-  def step(self, state, x=None, projected=None):
+  def step(self, state, x):
     raise NotImplementedError
 
   def sequence(self, x, state):
     """x [T, B, in] -> (outputs [T, B, units], states: tuple of [T, B, units])."""
-    steps = x.shape[0]
-    projected = tf.unstack(self.project(x), num=steps)
     outputs, history = [], []
-    for t in range(steps):
-      h, state = self.step(state, projected=projected[t])
+    for x_t in tf.unstack(x, num=x.shape[0]):
+      h, state = self.step(state, x_t)
       outputs.append(h)
       history.append(state)
     return tf.stack(outputs), tuple(tf.stack(s) for s in zip(*history))
 
 
 class LSTMCell(_Layer):
-  """LSTM, gate order i, f, o, g; forget-gate bias initialised to 1 (Jozefowicz et al., 2015)."""
+  """LSTM in LSTMBlockCell's gate order i, g, f, o; forget-gate bias initialised to 1
+  (Jozefowicz et al., 2015); no peepholes, no cell clipping."""
 
   gates = 4
 
   def __init__(self, input_size, units, name):
     super().__init__(input_size, units, name, bias_init=tf.concat(
-        [tf.zeros([units]), tf.ones([units]), tf.zeros([2 * units])], 0))
+        [tf.zeros([2 * units]), tf.ones([units]), tf.zeros([units])], 0))
+    self._no_peephole = tf.zeros([units])
 
   def zero_state(self, batch):
     zeros = tf.zeros([batch, self.units])
     return (zeros, zeros)
 
-  def step(self, state, x=None, projected=None):
-    """One step. projected [B, 4*units]: `project` of the leading input features (or
-    None); x [B, k]: the remaining input features (or None) -> (h [B, units], (c, h))."""
+  def step(self, state, x):
+    """state (c, h), x [B, in] -> (h [B, units], (c, h))."""
     c, h = state
-    z = self._gates(h, x, projected)
-    sigmoids, g = tf.split(z, [3 * self.units, self.units], axis=1)
-    i, f, o = tf.split(tf.sigmoid(sigmoids), 3, axis=1)
-    c = f * c + i * tf.tanh(g)
-    h = o * tf.tanh(c)
-    return h, (c, h)
-
-  def _gates(self, h, x, projected):
-    rest = h if x is None else tf.concat([x, h], 1)
-    z = tf.matmul(rest, self.rows(self.input_size + self.units - rest.shape[-1]))
-    return z + (self.bias if projected is None else projected)
+    cell = tf.raw_ops.LSTMBlockCell(
+        x=x, cs_prev=c, h_prev=h, w=self.kernel, wci=self._no_peephole, wcf=self._no_peephole,
+        wco=self._no_peephole, b=self.bias, forget_bias=0.0, cell_clip=-1.0, use_peephole=False)
+    return cell.h, (cell.cs, cell.h)
 
 
 class GRUCell(_Layer):
@@ -107,17 +126,16 @@ class GRUCell(_Layer):
     with tf1.variable_scope(name):
       self.recurrent_bias = read(tf1.get_variable("recurrent_bias",
                                                   initializer=tf.zeros([3 * units])))
+    self._input_rows, self._recurrent_rows = tf.split(self.kernel, [input_size, units])
 
   def zero_state(self, batch):
     return (tf.zeros([batch, self.units]),)
 
-  def step(self, state, x=None, projected=None):
-    """As LSTMCell.step -> (h [B, units], (h,))."""
+  def step(self, state, x):
+    """state (h,), x [B, in] -> (h [B, units], (h,))."""
     h = state[0]
-    z_x = self.bias if projected is None else projected
-    if x is not None:
-      z_x += tf.matmul(x, self.rows(self.input_size - x.shape[-1], self.input_size))
-    z_h = tf.matmul(h, self.rows(self.input_size)) + self.recurrent_bias
+    z_x = tf.matmul(x, self._input_rows) + self.bias
+    z_h = tf.matmul(h, self._recurrent_rows) + self.recurrent_bias
     x_r, x_z, x_n = tf.split(z_x, 3, axis=1)
     h_r, h_z, h_n = tf.split(z_h, 3, axis=1)
     r = tf.sigmoid(x_r + h_r)

@@ -84,9 +84,9 @@ def cut_at_eos(ids):
 
 
 def greedy_ids(session, greedy_ops, buckets, sources, batch_size, max_length_ratio=2.0):
-  """Greedy outputs for every source, in input order, through per-bucket unrolled graphs.
+  """Greedy outputs for every source, in input order, through the per-bucket greedy graphs.
 
-  greedy_ops: per bucket a graphs.GreedyOps (ids [B, O] int32). Returns (list of
+  greedy_ops: per bucket a graphs.GreedyOps. Returns (list of
   output id lists, indices of truncated sources).
   """
   plan = plan_batches(sources, buckets, batch_size)
@@ -95,11 +95,12 @@ def greedy_ids(session, greedy_ops, buckets, sources, batch_size, max_length_rat
     ops, bucket = greedy_ops[batch.bucket], buckets[batch.bucket]
     chunk = [plan.sources[i] for i in batch.indices]
     padded = pad_batch(chunk, [[]] * len(chunk), bucket)
+    limits = [output_limit(len(source), bucket[1], max_length_ratio) for source in chunk]
     ids = session.run(ops.ids, {ops.encoder_inputs: padded.encoder_inputs,
-                                ops.source_lengths: padded.source_lengths})
+                                ops.source_lengths: padded.source_lengths,
+                                ops.max_steps: max(limits) + 1})  # + 1: room for EOS
     for row, i in enumerate(batch.indices):
-      limit = output_limit(len(chunk[row]), bucket[1], max_length_ratio)
-      outputs[i] = cut_at_eos(ids[row, :limit])
+      outputs[i] = cut_at_eos(ids[row, :limits[row]])
   return outputs, plan.truncated
 
 

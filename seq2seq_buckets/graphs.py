@@ -45,7 +45,8 @@ EncoderOps = collections.namedtuple(
 StepOps = collections.namedtuple(
     "StepOps", ["tokens", "output", "states", "memory", "keys", "source_lengths",
                 "log_probs", "new_output", "new_states"])
-GreedyOps = collections.namedtuple("GreedyOps", ["encoder_inputs", "source_lengths", "ids"])
+GreedyOps = collections.namedtuple("GreedyOps",
+                                   ["encoder_inputs", "source_lengths", "max_steps", "ids"])
 InferenceGraph = collections.namedtuple(
     "InferenceGraph", ["graph", "model", "greedy", "encoders", "step", "saver"])
 
@@ -67,11 +68,14 @@ def bucket_placeholders(bucket, batch_size, name):
 
 
 def greedy_ops(model, bucket, name):
-  """GreedyOps for bucket (I, O): placeholders [N, I], [N] -> ids [N, O]."""
+  """GreedyOps for bucket (I, O): placeholders encoder_inputs [N, I], source_lengths [N]
+  and max_steps [] (default O) -> ids [N, T], T <= max_steps (see Seq2SeqModel.greedy)."""
   with tf1.name_scope(name):
     encoder_inputs = tf1.placeholder(tf.int32, [None, bucket[0]], "encoder_inputs")
     lengths = tf1.placeholder(tf.int32, [None], "source_lengths")
-    return GreedyOps(encoder_inputs, lengths, model.greedy(encoder_inputs, lengths, bucket[1]))
+    max_steps = tf1.placeholder_with_default(bucket[1], [], "max_steps")
+    return GreedyOps(encoder_inputs, lengths, max_steps,
+                     model.greedy(encoder_inputs, lengths, max_steps))
 
 
 def _train_state(hparams):
@@ -153,7 +157,7 @@ def _step_ops(model):
     encoded = EncoderOutput(memory, keys, mask_bias(lengths, tf.shape(memory)[1]), None)
     layered = [tuple(states[l * per_layer:(l + 1) * per_layer]) for l in range(hp.num_layers)]
     new_output, new_states = model.decoder_step(
-        model.project_target(tokens[None])[0], output, layered, encoded)
+        model.embed_target(tokens[None])[0], output, layered, encoded)
     log_probs = tf.nn.log_softmax(model.logits(new_output))
   return StepOps(tokens, output, states, memory, keys, lengths, log_probs, new_output,
                  _flatten(new_states))

@@ -20,8 +20,8 @@ import collections
 import tensorflow as tf
 
 from seq2seq_buckets.attention import Attention, mask_bias
-from seq2seq_buckets.cells import make_cell, read
-from seq2seq_buckets.vocab import GO_ID
+from seq2seq_buckets.cells import graph_constant, make_cell, read
+from seq2seq_buckets.vocab import EOS_ID, GO_ID
 
 tf1 = tf.compat.v1
 
@@ -122,27 +122,27 @@ class Seq2SeqModel:
                          states)
 
   # --- decoder -------------------------------------------------------------------------
-  def project_target(self, ids, training=False):
-    """ids [T, B] int32 -> the embedding part of decoder layer-0 gates [T, B, G*H]."""
-    embedded = self._dropout(tf.nn.embedding_lookup(self.target_embedding, ids), training)
-    return self.decoder_cells[0].project(embedded)
+  def embed_target(self, ids, training=False):
+    """ids [T, B] int32 -> target embeddings [T, B, E] (dropout applied when training)."""
+    return self._dropout(tf.nn.embedding_lookup(self.target_embedding, ids), training)
 
-  def decoder_step(self, projected, previous_output, states, encoded, dropout_masks=None):
+  def decoder_step(self, embedded, previous_output, states, encoded, dropout_masks=None):
     """One decoder step.
 
-    projected [B, G*H]: `project_target` of this step's target embedding;
-    previous_output [B, H] (the previous attentional output, zeros at the
-    start); states: one tuple per layer; dropout_masks: None, or [layers, B, H]:
-    one mask per layer above the first, the last for the output ->
-    (attentional output [B, H], new states).
+    embedded [B, E]: this step's input token embedding; previous_output [B, H]
+    (the previous attentional output, zeros at the start); states: one tuple
+    per layer; dropout_masks: None, or [layers, B, H]: one mask per layer above
+    the first, the last for the output -> (attentional output [B, H], new states).
     """
-    feed = previous_output if self.hp.input_feeding else None
-    x, state = self.decoder_cells[0].step(states[0], x=feed, projected=projected)
+    x = embedded
+    if self.hp.input_feeding:
+      x = tf.concat([embedded, previous_output], graph_constant(1))
+    x, state = self.decoder_cells[0].step(states[0], x)
     new_states = [state]
     for layer, (cell, state) in enumerate(zip(self.decoder_cells[1:], states[1:]), start=1):
       if dropout_masks is not None:
         x *= dropout_masks[layer - 1]
-      x, state = cell.step(state, x=x)
+      x, state = cell.step(state, x)
       new_states.append(state)
     output, _ = self.attention(x, encoded.memory, encoded.keys, encoded.mask_bias)
     if dropout_masks is not None:
@@ -168,15 +168,15 @@ class Seq2SeqModel:
     hp = self.hp
     steps = batch.decoder_inputs.shape[1]
     encoded = self.encode(batch.encoder_inputs, batch.source_lengths, training=True)
-    projected = tf.unstack(self.project_target(tf.transpose(batch.decoder_inputs), True),
-                           num=steps)  # O x [B, G*H]
+    embedded = tf.unstack(self.embed_target(tf.transpose(batch.decoder_inputs), True),
+                          num=steps)  # O x [B, E]
     masks = [None] * steps
     if hp.dropout:
       shape = [steps, hp.num_layers, tf.shape(batch.decoder_inputs)[0], hp.size]
       masks = tf.unstack(self._dropout_mask(shape), num=steps)  # O x [layers, B, H]
     output, states, outputs = self.initial_output(encoded), encoded.states, []
     for t in range(steps):
-      output, states = self.decoder_step(projected[t], output, states, encoded, masks[t])
+      output, states = self.decoder_step(embedded[t], output, states, encoded, masks[t])
       outputs.append(output)
     # Only real target positions reach the projection: padding costs no softmax FLOPs.
     weights = tf.reshape(batch.target_weights, [-1])
@@ -199,14 +199,27 @@ class Seq2SeqModel:
     loss = tf.reduce_sum(xent * weights) / tf.maximum(tokens, 1.0)
     return LossOutput(loss, tf.reduce_sum(nll * weights), tokens)
 
-  def greedy(self, encoder_inputs, source_lengths, steps):
-    """encoder_inputs [B, I], source_lengths [B] -> greedy output ids [B, steps] int32."""
+  def greedy(self, encoder_inputs, source_lengths, max_steps):
+    """encoder_inputs [B, I], source_lengths [B], max_steps int32 scalar -> ids [B, T] int32.
+
+    Feeds back each step's argmax; a tf.while_loop over the decoder step (built
+    once, not unrolled) stops after max_steps steps or when every row has
+    produced EOS, so T <= max_steps. A row's ids after its first EOS are EOS.
+    """
     encoded = self.encode(encoder_inputs, source_lengths, training=False)
-    token = tf.fill([tf.shape(encoder_inputs)[0]], GO_ID)
-    output, states, ids = self.initial_output(encoded), encoded.states, []
-    for _ in range(steps):
-      projected = self.project_target(token[None])[0]
-      output, states = self.decoder_step(projected, output, states, encoded)
+    batch = tf.shape(encoder_inputs)[0]
+
+    def step(t, token, output, states, finished, ids):
+      output, states = self.decoder_step(self.embed_target(token[None])[0], output, states,
+                                         encoded)
       token = tf.argmax(self.logits(output), axis=1, output_type=tf.int32)
-      ids.append(token)
-    return tf.stack(ids, axis=1)
+      token = tf.where(finished, tf.fill([batch], EOS_ID), token)
+      return t + 1, token, output, states, finished | tf.equal(token, EOS_ID), ids.write(t, token)
+
+    def unfinished(t, unused_token, unused_output, unused_states, finished, unused_ids):
+      return tf.logical_and(t < max_steps, tf.logical_not(tf.reduce_all(finished)))
+
+    start = (tf.constant(0), tf.fill([batch], GO_ID), self.initial_output(encoded), encoded.states,
+             tf.zeros([batch], tf.bool), tf.TensorArray(tf.int32, size=0, dynamic_size=True))
+    ids = tf.while_loop(unfinished, step, start)[-1]
+    return tf.transpose(ids.stack())

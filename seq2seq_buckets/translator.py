@@ -91,7 +91,7 @@ class Translator:
                 n_best=1, batch_size=64):
     """lines: list of str -> Translations, one entry per line in input order.
 
-    beam_size 1 runs the unrolled greedy graphs (scores None); more runs beam
+    beam_size 1 runs the per-bucket greedy graphs (scores None); more runs beam
     search with the GNMT length penalty alpha = length_penalty (0: none).
     batch_size counts sentences per session.run.
     """

@@ -61,11 +61,13 @@ class GreedyStub:
 
   def __init__(self, b, bucket):
     self.encoder_inputs, self.source_lengths = f"in_{b}", f"lengths_{b}"
+    self.max_steps = f"max_steps_{b}"
     self.ids, self.bucket = object(), bucket
 
 
 class EchoSession:
-  """Stands in for a session running GreedyStub ops: outputs the source + 100, then EOS."""
+  """Stands in for a session running GreedyStub ops: outputs the source + 100, then EOS,
+  at most max_steps columns."""
 
   def __init__(self, ops):
     self.ops, self.batch_sizes = ops, []
@@ -78,7 +80,7 @@ class EchoSession:
     out = np.full([len(inputs), ops.bucket[1]], EOS_ID)
     for row, length in enumerate(lengths):
       out[row, :length] = inputs[row, :length] + 100
-    return out
+    return out[:, :feed[ops.max_steps]]
 
 
 @pytest.mark.parametrize("seed", range(20))

@@ -9,7 +9,7 @@ import tensorflow as tf
 from seq2seq_buckets import graphs
 from seq2seq_buckets.batches import pad_batch
 from seq2seq_buckets.hparams import HParams
-from seq2seq_buckets.vocab import GO_ID
+from seq2seq_buckets.vocab import EOS_ID, GO_ID
 
 tf1 = tf.compat.v1
 VOCAB = 30
@@ -139,38 +139,68 @@ def test_options_train(overrides):
   assert session.run(ops.nll_sum, {**batch, tg.model.dropout_rate: 0.0}) < first
 
 
-def test_greedy_graph_equals_step_by_step_decoding(tmp_path):
+def step_by_step(ig, session, batch, steps):
+  """Greedy ids [N, steps] through the bucket-2 encoder and the one-step decoder."""
+  enc = ig.encoders[2]
+  memory, keys, states, output = session.run(
+      [enc.memory, enc.keys, enc.states, enc.output],
+      {enc.encoder_inputs: batch.encoder_inputs, enc.source_lengths: batch.source_lengths})
+  tokens = np.full([len(batch.source_lengths)], GO_ID, np.int32)
+  stepped = []
+  for _ in range(steps):
+    step = ig.step
+    run_feed = {step.tokens: tokens, step.output: output, step.memory: memory, step.keys: keys,
+                step.source_lengths: batch.source_lengths}
+    run_feed.update(zip(step.states, states))
+    log_probs, output, states = session.run([step.log_probs, step.new_output, step.new_states],
+                                            run_feed)
+    tokens = log_probs.argmax(axis=1).astype(np.int32)
+    stepped.append(tokens)
+  return np.stack(stepped, axis=1)
+
+
+def ended_at_eos(ids):
+  """ids [N, O] -> what the greedy graph returns: EOS after each row's first EOS, columns
+  up to the step where the last row ended."""
+  ids = ids.copy()
+  ends = []
+  for row in ids:
+    end = list(row).index(EOS_ID) + 1 if EOS_ID in row else len(row)
+    row[end:] = EOS_ID
+    ends.append(end)
+  return ids[:, :max(ends)]
+
+
+@pytest.mark.parametrize("eos_bias", [0.0, -1e4])
+def test_greedy_graph_equals_step_by_step_decoding(tmp_path, eos_bias):
+  """The per-bucket greedy graph (a while loop that stops when every row has ended)
+  equals step-by-step decoding; with EOS suppressed it runs all O steps."""
   hp = tiny(learning_rate=0.05)
   tg = graphs.build_training_graph(hp)
   session = session_for(tg)
   for b in range(3):  # move away from the near-uniform start so argmax is not a tie
     session.run(tg.buckets[b].update, feed(tg.buckets[b], random_batch(BUCKETS[b], seed=b)))
+  with tg.graph.as_default():
+    bias = [v for v in tf1.global_variables() if "output_bias" in v.name][0]
+    session.run(bias[EOS_ID].assign(eos_bias))
   path = tg.saver.save(session, str(tmp_path / "model.ckpt"))
   ig = graphs.build_inference_graph(hp)
   infer = tf1.Session(graph=ig.graph)
   ig.saver.restore(infer, path)
   batch = random_batch(BUCKETS[2], seed=8)
-  b = 2
-  greedy = infer.run(ig.greedy[b].ids, {ig.greedy[b].encoder_inputs: batch.encoder_inputs,
-                                        ig.greedy[b].source_lengths: batch.source_lengths})
-  enc = ig.encoders[b]
-  memory, keys, states, output = infer.run(
-      [enc.memory, enc.keys, enc.states, enc.output],
-      {enc.encoder_inputs: batch.encoder_inputs, enc.source_lengths: batch.source_lengths})
-  tokens = np.full([len(batch.source_lengths)], GO_ID, np.int32)
-  stepped = []
-  for _ in range(BUCKETS[b][1]):
-    step = ig.step
-    run_feed = {step.tokens: tokens, step.output: output, step.memory: memory, step.keys: keys,
-                step.source_lengths: batch.source_lengths}
-    run_feed.update(zip(step.states, states))
-    log_probs, output, states = infer.run([step.log_probs, step.new_output, step.new_states],
-                                          run_feed)
-    tokens = log_probs.argmax(axis=1).astype(np.int32)
-    stepped.append(tokens)
-  np.testing.assert_array_equal(greedy, np.stack(stepped, axis=1))
+  ops = ig.greedy[2]
+  greedy = infer.run(ops.ids, {ops.encoder_inputs: batch.encoder_inputs,
+                               ops.source_lengths: batch.source_lengths})
+  expected = ended_at_eos(step_by_step(ig, infer, batch, BUCKETS[2][1]))
+  if eos_bias < 0:
+    assert expected.shape == (len(batch.source_lengths), BUCKETS[2][1])
+  np.testing.assert_array_equal(greedy, expected)
+  # max_steps stops it earlier
+  short = infer.run(ops.ids, {ops.encoder_inputs: batch.encoder_inputs,
+                              ops.source_lengths: batch.source_lengths, ops.max_steps: 1})
+  np.testing.assert_array_equal(short, expected[:, :1])
   # the training graph's greedy decoder agrees too
-  train_ops = tg.buckets[b].greedy
+  train_ops = tg.buckets[2].greedy
   train_greedy = session.run(train_ops.ids, {train_ops.encoder_inputs: batch.encoder_inputs,
                                              train_ops.source_lengths: batch.source_lengths})
   np.testing.assert_array_equal(greedy, train_greedy)
