@@ -2,10 +2,11 @@
 
 The LSTM step is TensorFlow's fused LSTMBlockCell kernel: one op per unrolled
 step instead of about fifteen, which keeps the graphs of every bucket small
-enough to build in seconds. Core TensorFlow no longer registers its gradient,
-so `_lstm_block_cell_grad` below does: LSTMBlockCellGrad for the elementwise
-part, plain MatMuls (oneDNN on CPU) for the input, recurrent and weight
-gradients.
+enough to build in seconds. Core TensorFlow no longer registers its gradient;
+`_lstm_step_grad` below supplies it (LSTMBlockCellGrad for the elementwise
+part, plain MatMuls, oneDNN on CPU, for the input, recurrent and weight
+gradients) through an IdentityN whose gradient is overridden, and `gradients`
+keeps TensorFlow from adding zeros for the cell's unused outputs.
 
 Each layer keeps one kernel [in + units, G*units] whose rows are the input rows
 followed by the recurrent rows. States are tuples of [B, units] float32: LSTM
@@ -15,6 +16,7 @@ followed by the recurrent rows. States are tuples of [B, units] float32: LSTM
 import weakref
 
 import tensorflow as tf
+from tensorflow.python.ops import gradients_util
 
 tf1 = tf.compat.v1
 
@@ -40,27 +42,40 @@ def graph_constant(value):
   return cache[value]
 
 
-@tf.RegisterGradient("LSTMBlockCell")
-def _lstm_block_cell_grad(op, *grads):
-  """Gradients of LSTMBlockCell (peepholes off) w.r.t. x, cs_prev, h_prev, w and b.
+@tf.RegisterGradient("LSTMBlockCellStep")
+def _lstm_step_grad(op, h_grad, cs_grad, *unused_grads):
+  """Gradients of one LSTM step: `op` is the IdentityN over [h, cs, cs_prev, h_prev, w, b,
+  *inputs] that LSTMCell.step puts after LSTMBlockCell (peepholes off); h and cs get none,
+  so TensorFlow never differentiates the cell op or the concat of its inputs itself.
 
-  Only the cs and h outputs are used downstream, so only their gradients
-  (grads[1], grads[6]) flow back; dicfo [B, 4*units] is the gradient of the
-  gate pre-activations.
+  dicfo [B, 4*units] from LSTMBlockCellGrad is the gradient of the gate
+  pre-activations; the matmuls give the input, recurrent and weight gradients.
   """
-  x, cs_prev, h_prev, w, wci, wcf, wco, b = op.inputs
-  i, cs, f, o, ci, co, h = op.outputs
-  cs_grad = tf.zeros_like(cs) if grads[1] is None else grads[1]
-  h_grad = tf.zeros_like(h) if grads[6] is None else grads[6]
+  cell = op.inputs[0].op
+  x, cs_prev, h_prev, w, wci, wcf, wco, b = cell.inputs
+  i, cs, f, o, ci, co, h = cell.outputs
+  cs_grad = tf.zeros_like(cs) if cs_grad is None else cs_grad
+  h_grad = tf.zeros_like(h) if h_grad is None else h_grad
   cs_prev_grad, dicfo, _, _, _ = tf.raw_ops.LSTMBlockCellGrad(
       x=x, cs_prev=cs_prev, h_prev=h_prev, w=w, wci=wci, wcf=wcf, wco=wco, b=b, i=i, cs=cs,
       f=f, o=o, ci=ci, co=co, cs_grad=cs_grad, h_grad=h_grad, use_peephole=False)
   one = graph_constant(1)
-  x_grad, h_prev_grad = tf.split(tf.matmul(dicfo, w, transpose_b=True),
-                                 graph_constant((x.shape[1], h_prev.shape[1])), axis=one)
+  inputs = op.inputs[6:]
+  sizes = tuple(t.shape[1] for t in inputs) + (h_prev.shape[1],)
+  *input_grads, h_prev_grad = tf.split(tf.matmul(dicfo, w, transpose_b=True),
+                                       graph_constant(sizes), axis=one)
   w_grad = tf.matmul(tf.concat([x, h_prev], one), dicfo, transpose_a=True)
-  return (x_grad, cs_prev_grad, h_prev_grad, w_grad, None, None, None,
-          tf.reduce_sum(dicfo, axis=graph_constant(0)))
+  return [None, None, cs_prev_grad, h_prev_grad, w_grad,
+          tf.reduce_sum(dicfo, axis=graph_constant(0))] + input_grads
+
+
+def gradients(loss, variables):
+  """tf.gradients(loss, variables), except that IdentityN outputs without a gradient
+  get no zeros (TensorFlow's optimize_identity_n): an LSTM step would otherwise add
+  five ZerosLike ops to the graph."""
+  with tf1.get_default_graph()._mutation_lock():  # pylint: disable=protected-access
+    return gradients_util._GradientsHelper(  # pylint: disable=protected-access
+        [loss], variables, optimize_identity_n=True)
 
 
 class _Layer:
@@ -79,17 +94,22 @@ class _Layer:
   def zero_state(self, batch):
     raise NotImplementedError
 
-  def step(self, state, x):
+  def step(self, state, inputs):
     raise NotImplementedError
 
   def sequence(self, x, state):
     """x [T, B, in] -> (outputs [T, B, units], states: tuple of [T, B, units])."""
     outputs, history = [], []
     for x_t in tf.unstack(x, num=x.shape[0]):
-      h, state = self.step(state, x_t)
+      h, state = self.step(state, [x_t])
       outputs.append(h)
       history.append(state)
     return tf.stack(outputs), tuple(tf.stack(s) for s in zip(*history))
+
+
+def _concat(inputs):
+  """inputs: list of [B, k_i] -> [B, sum k_i]."""
+  return inputs[0] if len(inputs) == 1 else tf.concat(inputs, graph_constant(1))
 
 
 class LSTMCell(_Layer):
@@ -107,13 +127,17 @@ class LSTMCell(_Layer):
     zeros = tf.zeros([batch, self.units])
     return (zeros, zeros)
 
-  def step(self, state, x):
-    """state (c, h), x [B, in] -> (h [B, units], (c, h))."""
+  def step(self, state, inputs):
+    """state (c, h), inputs: list of [B, k_i] (sum k_i = input_size, in kernel row order)
+    -> (h [B, units], (c, h))."""
     c, h = state
     cell = tf.raw_ops.LSTMBlockCell(
-        x=x, cs_prev=c, h_prev=h, w=self.kernel, wci=self._no_peephole, wcf=self._no_peephole,
-        wco=self._no_peephole, b=self.bias, forget_bias=0.0, cell_clip=-1.0, use_peephole=False)
-    return cell.h, (cell.cs, cell.h)
+        x=_concat(inputs), cs_prev=c, h_prev=h, w=self.kernel, wci=self._no_peephole,
+        wcf=self._no_peephole, wco=self._no_peephole, b=self.bias, forget_bias=0.0,
+        cell_clip=-1.0, use_peephole=False)
+    with tf1.get_default_graph().gradient_override_map({"IdentityN": "LSTMBlockCellStep"}):
+      h, cs = tf.identity_n([cell.h, cell.cs, c, h, self.kernel, self.bias] + list(inputs))[:2]
+    return h, (cs, h)
 
 
 class GRUCell(_Layer):
@@ -131,10 +155,10 @@ class GRUCell(_Layer):
   def zero_state(self, batch):
     return (tf.zeros([batch, self.units]),)
 
-  def step(self, state, x):
-    """state (h,), x [B, in] -> (h [B, units], (h,))."""
+  def step(self, state, inputs):
+    """As LSTMCell.step -> (h [B, units], (h,))."""
     h = state[0]
-    z_x = tf.matmul(x, self._input_rows) + self.bias
+    z_x = tf.matmul(_concat(inputs), self._input_rows) + self.bias
     z_h = tf.matmul(h, self._recurrent_rows) + self.recurrent_bias
     x_r, x_z, x_n = tf.split(z_x, 3, axis=1)
     h_r, h_z, h_n = tf.split(z_h, 3, axis=1)

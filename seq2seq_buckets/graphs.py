@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from seq2seq_buckets.attention import mask_bias
 from seq2seq_buckets.batches import BatchedInput
+from seq2seq_buckets.cells import gradients
 from seq2seq_buckets.model import EncoderOutput, Seq2SeqModel
 
 tf1 = tf.compat.v1
@@ -67,15 +68,18 @@ def bucket_placeholders(bucket, batch_size, name):
         tf1.placeholder(tf.float32, [batch_size, target_len], "target_weights"))
 
 
-def greedy_ops(model, bucket, name):
-  """GreedyOps for bucket (I, O): placeholders encoder_inputs [N, I], source_lengths [N]
-  and max_steps [] (default O) -> ids [N, T], T <= max_steps (see Seq2SeqModel.greedy)."""
-  with tf1.name_scope(name):
-    encoder_inputs = tf1.placeholder(tf.int32, [None, bucket[0]], "encoder_inputs")
-    lengths = tf1.placeholder(tf.int32, [None], "source_lengths")
-    max_steps = tf1.placeholder_with_default(bucket[1], [], "max_steps")
-    return GreedyOps(encoder_inputs, lengths, max_steps,
-                     model.greedy(encoder_inputs, lengths, max_steps))
+def encoder_placeholders(bucket):
+  """encoder_inputs [N, I] and source_lengths [N] placeholders for bucket (I, O)."""
+  return (tf1.placeholder(tf.int32, [None, bucket[0]], "encoder_inputs"),
+          tf1.placeholder(tf.int32, [None], "source_lengths"))
+
+
+def greedy_ops(model, bucket, encoder_inputs, lengths, encoded):
+  """GreedyOps for bucket (I, O) over `encoded` (the encoding of encoder_inputs [N, I],
+  lengths [N]): max_steps [] (default O) -> ids [N, T], T <= max_steps
+  (see Seq2SeqModel.greedy)."""
+  max_steps = tf1.placeholder_with_default(bucket[1], [], "max_steps")
+  return GreedyOps(encoder_inputs, lengths, max_steps, model.greedy(encoded, max_steps))
 
 
 def _train_state(hparams):
@@ -111,33 +115,37 @@ def build_training_graph(hparams, max_checkpoints=5):
       with tf1.name_scope(f"bucket_{b}/train"):
         loss = model.loss(inputs)
         # dense embedding gradients: fused dense Adam beats its sparse path here
-        grads = [tf.convert_to_tensor(g) for g in tf.gradients(loss.loss, params)]
+        grads = [tf.convert_to_tensor(g) for g in gradients(loss.loss, params)]
         clipped, grad_norm = tf.clip_by_global_norm(grads, hparams.max_gradient_norm)
         with tf.control_dependencies([optimizer.apply_gradients(zip(clipped, params),
                                                                 global_step=state.global_step)]):
           update = tf.identity(state.global_step.read_value(), "new_global_step")
+      with tf1.name_scope(f"bucket_{b}/greedy"):
+        encoder_inputs, lengths = encoder_placeholders(bucket)
+        greedy = greedy_ops(model, bucket, encoder_inputs, lengths,
+                            model.encode(encoder_inputs, lengths, training=False))
       buckets.append(BucketTrainOps(inputs, loss.loss, loss.nll_sum, loss.tokens, grad_norm,
-                                    update, greedy_ops(model, bucket, f"bucket_{b}/greedy")))
+                                    update, greedy))
     init = tf1.global_variables_initializer()
     saver = tf1.train.Saver(max_to_keep=max_checkpoints)
   return TrainingGraph(graph, model, buckets, state, init, saver)
 
 
 def build_inference_graph(hparams):
-  """The decoding graph: greedy decoder and encoder per bucket, one shared decoder step."""
+  """The decoding graph: per bucket an encoder and a greedy decoder over it, one shared
+  decoder step."""
   graph = tf.Graph()
   with graph.as_default():
     model = Seq2SeqModel(hparams)
     tf1.train.get_or_create_global_step()
     greedy, encoders = [], []
     for b, bucket in enumerate(hparams.buckets):
-      greedy.append(greedy_ops(model, bucket, f"bucket_{b}/greedy"))
-      with tf1.name_scope(f"bucket_{b}/encoder"):
-        enc_inputs = tf1.placeholder(tf.int32, [None, bucket[0]], "encoder_inputs")
-        lengths = tf1.placeholder(tf.int32, [None], "source_lengths")
+      with tf1.name_scope(f"bucket_{b}"):
+        enc_inputs, lengths = encoder_placeholders(bucket)
         encoded = model.encode(enc_inputs, lengths, training=False)
         encoders.append(EncoderOps(enc_inputs, lengths, encoded.memory, encoded.keys,
                                    _flatten(encoded.states), model.initial_output(encoded)))
+        greedy.append(greedy_ops(model, bucket, enc_inputs, lengths, encoded))
     step = _step_ops(model)
     saver = tf1.train.Saver(tf1.global_variables())
   return InferenceGraph(graph, model, greedy, encoders, step, saver)

@@ -20,7 +20,7 @@ import collections
 import tensorflow as tf
 
 from seq2seq_buckets.attention import Attention, mask_bias
-from seq2seq_buckets.cells import graph_constant, make_cell, read
+from seq2seq_buckets.cells import make_cell, read
 from seq2seq_buckets.vocab import EOS_ID, GO_ID
 
 tf1 = tf.compat.v1
@@ -134,15 +134,13 @@ class Seq2SeqModel:
     per layer; dropout_masks: None, or [layers, B, H]: one mask per layer above
     the first, the last for the output -> (attentional output [B, H], new states).
     """
-    x = embedded
-    if self.hp.input_feeding:
-      x = tf.concat([embedded, previous_output], graph_constant(1))
-    x, state = self.decoder_cells[0].step(states[0], x)
+    inputs = [embedded, previous_output] if self.hp.input_feeding else [embedded]
+    x, state = self.decoder_cells[0].step(states[0], inputs)
     new_states = [state]
     for layer, (cell, state) in enumerate(zip(self.decoder_cells[1:], states[1:]), start=1):
       if dropout_masks is not None:
         x *= dropout_masks[layer - 1]
-      x, state = cell.step(state, x)
+      x, state = cell.step(state, [x])
       new_states.append(state)
     output, _ = self.attention(x, encoded.memory, encoded.keys, encoded.mask_bias)
     if dropout_masks is not None:
@@ -199,15 +197,14 @@ class Seq2SeqModel:
     loss = tf.reduce_sum(xent * weights) / tf.maximum(tokens, 1.0)
     return LossOutput(loss, tf.reduce_sum(nll * weights), tokens)
 
-  def greedy(self, encoder_inputs, source_lengths, max_steps):
-    """encoder_inputs [B, I], source_lengths [B], max_steps int32 scalar -> ids [B, T] int32.
+  def greedy(self, encoded, max_steps):
+    """encoded: `encode` of B sentences, max_steps int32 scalar -> ids [B, T] int32.
 
     Feeds back each step's argmax; a tf.while_loop over the decoder step (built
     once, not unrolled) stops after max_steps steps or when every row has
     produced EOS, so T <= max_steps. A row's ids after its first EOS are EOS.
     """
-    encoded = self.encode(encoder_inputs, source_lengths, training=False)
-    batch = tf.shape(encoder_inputs)[0]
+    batch = tf.shape(encoded.memory)[0]
 
     def step(t, token, output, states, finished, ids):
       output, states = self.decoder_step(self.embed_target(token[None])[0], output, states,
