@@ -7,7 +7,8 @@ Padded source positions get probability exactly 0.
 
 import tensorflow as tf
 
-from seq2seq_buckets.cells import graph_constant, read
+from seq2seq_buckets.cells import read
+from seq2seq_buckets.gradients import add_across_positions, graph_constant, plain_einsum
 
 tf1 = tf.compat.v1
 
@@ -32,18 +33,19 @@ class Attention:
 
   def keys(self, memory):
     """memory [B, I, H] -> keys [B, I, H]."""
-    return tf.einsum("bih,hk->bik", memory, self.key_kernel)
+    return plain_einsum("bih,hk->bik", memory, self.key_kernel)
 
   def __call__(self, query, memory, keys, mask_bias):
     """query [B, H], memory/keys [B, I, H], mask_bias [B, I] (see `mask_bias`) ->
     (attentional output [B, H], alignments [B, I])."""
     if self.kind == "bahdanau":
       projected = tf.expand_dims(tf.matmul(query, self.query_kernel), graph_constant(1))
-      scores = tf.einsum("bih,h->bi", tf.tanh(keys + projected), self.score_vector)
+      scores = plain_einsum("bih,h->bi", tf.tanh(add_across_positions(keys, projected)),
+                            self.score_vector)
     else:
-      scores = tf.einsum("bih,bh->bi", keys, query)
+      scores = plain_einsum("bih,bh->bi", keys, query)
     alignments = tf.nn.softmax(scores + mask_bias)
-    context = tf.einsum("bi,bih->bh", alignments, memory)
+    context = plain_einsum("bi,bih->bh", alignments, memory)
     output = tf.tanh(tf.matmul(context, self.context_kernel) +
                      tf.matmul(query, self.query_output_kernel))
     return output, alignments

@@ -2,21 +2,17 @@
 
 The LSTM step is TensorFlow's fused LSTMBlockCell kernel: one op per unrolled
 step instead of about fifteen, which keeps the graphs of every bucket small
-enough to build in seconds. Core TensorFlow no longer registers its gradient;
-`_lstm_step_grad` below supplies it (LSTMBlockCellGrad for the elementwise
-part, plain MatMuls, oneDNN on CPU, for the input, recurrent and weight
-gradients) through an IdentityN whose gradient is overridden, and `gradients`
-keeps TensorFlow from adding zeros for the cell's unused outputs.
+enough to build in seconds. Core TensorFlow no longer registers its gradient:
+the step ends in an IdentityN whose gradient `gradients.py` supplies.
 
 Each layer keeps one kernel [in + units, G*units] whose rows are the input rows
 followed by the recurrent rows. States are tuples of [B, units] float32: LSTM
 (c, h), GRU (h,); the output is h.
 """
 
-import weakref
-
 import tensorflow as tf
-from tensorflow.python.ops import gradients_util
+
+from seq2seq_buckets.gradients import graph_constant
 
 tf1 = tf.compat.v1
 
@@ -25,57 +21,6 @@ def read(variable):
   """One read of `variable` that every use in the graph shares (a resource variable
   would otherwise get a ReadVariableOp per use, i.e. per unrolled step)."""
   return tf.identity(variable)
-
-
-_CONSTANTS = weakref.WeakKeyDictionary()
-
-
-def graph_constant(value):
-  """tf.constant(value) (an int or a tuple of ints), made once per graph or function
-  body and shared: unrolled steps and their gradients would otherwise add one Const
-  op per axis or size argument."""
-  graph = tf1.get_default_graph()
-  cache = _CONSTANTS.setdefault(graph, {})
-  if value not in cache:
-    with graph.control_dependencies(None), tf1.name_scope(None):
-      cache[value] = tf.constant(value, tf.int32, name="shared_constant")
-  return cache[value]
-
-
-@tf.RegisterGradient("LSTMBlockCellStep")
-def _lstm_step_grad(op, h_grad, cs_grad, *unused_grads):
-  """Gradients of one LSTM step: `op` is the IdentityN over [h, cs, cs_prev, h_prev, w, b,
-  *inputs] that LSTMCell.step puts after LSTMBlockCell (peepholes off); h and cs get none,
-  so TensorFlow never differentiates the cell op or the concat of its inputs itself.
-
-  dicfo [B, 4*units] from LSTMBlockCellGrad is the gradient of the gate
-  pre-activations; the matmuls give the input, recurrent and weight gradients.
-  """
-  cell = op.inputs[0].op
-  x, cs_prev, h_prev, w, wci, wcf, wco, b = cell.inputs
-  i, cs, f, o, ci, co, h = cell.outputs
-  cs_grad = tf.zeros_like(cs) if cs_grad is None else cs_grad
-  h_grad = tf.zeros_like(h) if h_grad is None else h_grad
-  cs_prev_grad, dicfo, _, _, _ = tf.raw_ops.LSTMBlockCellGrad(
-      x=x, cs_prev=cs_prev, h_prev=h_prev, w=w, wci=wci, wcf=wcf, wco=wco, b=b, i=i, cs=cs,
-      f=f, o=o, ci=ci, co=co, cs_grad=cs_grad, h_grad=h_grad, use_peephole=False)
-  one = graph_constant(1)
-  inputs = op.inputs[6:]
-  sizes = tuple(t.shape[1] for t in inputs) + (h_prev.shape[1],)
-  *input_grads, h_prev_grad = tf.split(tf.matmul(dicfo, w, transpose_b=True),
-                                       graph_constant(sizes), axis=one)
-  w_grad = tf.matmul(tf.concat([x, h_prev], one), dicfo, transpose_a=True)
-  return [None, None, cs_prev_grad, h_prev_grad, w_grad,
-          tf.reduce_sum(dicfo, axis=graph_constant(0))] + input_grads
-
-
-def gradients(loss, variables):
-  """tf.gradients(loss, variables), except that IdentityN outputs without a gradient
-  get no zeros (TensorFlow's optimize_identity_n): an LSTM step would otherwise add
-  five ZerosLike ops to the graph."""
-  with tf1.get_default_graph()._mutation_lock():  # pylint: disable=protected-access
-    return gradients_util._GradientsHelper(  # pylint: disable=protected-access
-        [loss], variables, optimize_identity_n=True)
 
 
 class _Layer:
@@ -94,14 +39,14 @@ class _Layer:
   def zero_state(self, batch):
     raise NotImplementedError
 
-  def step(self, state, inputs):
+  def step(self, state, inputs, differentiable=True):
     raise NotImplementedError
 
-  def sequence(self, x, state):
+  def sequence(self, x, state, differentiable=True):
     """x [T, B, in] -> (outputs [T, B, units], states: tuple of [T, B, units])."""
     outputs, history = [], []
     for x_t in tf.unstack(x, num=x.shape[0]):
-      h, state = self.step(state, [x_t])
+      h, state = self.step(state, [x_t], differentiable)
       outputs.append(h)
       history.append(state)
     return tf.stack(outputs), tuple(tf.stack(s) for s in zip(*history))
@@ -127,14 +72,17 @@ class LSTMCell(_Layer):
     zeros = tf.zeros([batch, self.units])
     return (zeros, zeros)
 
-  def step(self, state, inputs):
+  def step(self, state, inputs, differentiable=True):
     """state (c, h), inputs: list of [B, k_i] (sum k_i = input_size, in kernel row order)
-    -> (h [B, units], (c, h))."""
+    -> (h [B, units], (c, h)). differentiable=False (decoding) leaves out the IdentityN
+    that carries the gradient."""
     c, h = state
     cell = tf.raw_ops.LSTMBlockCell(
         x=_concat(inputs), cs_prev=c, h_prev=h, w=self.kernel, wci=self._no_peephole,
         wcf=self._no_peephole, wco=self._no_peephole, b=self.bias, forget_bias=0.0,
         cell_clip=-1.0, use_peephole=False)
+    if not differentiable:
+      return cell.h, (cell.cs, cell.h)
     with tf1.get_default_graph().gradient_override_map({"IdentityN": "LSTMBlockCellStep"}):
       h, cs = tf.identity_n([cell.h, cell.cs, c, h, self.kernel, self.bias] + list(inputs))[:2]
     return h, (cs, h)
@@ -155,7 +103,7 @@ class GRUCell(_Layer):
   def zero_state(self, batch):
     return (tf.zeros([batch, self.units]),)
 
-  def step(self, state, inputs):
+  def step(self, state, inputs, differentiable=True):
     """As LSTMCell.step -> (h [B, units], (h,))."""
     h = state[0]
     z_x = tf.matmul(_concat(inputs), self._input_rows) + self.bias

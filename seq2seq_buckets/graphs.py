@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from seq2seq_buckets.attention import mask_bias
 from seq2seq_buckets.batches import BatchedInput
-from seq2seq_buckets.cells import gradients
+from seq2seq_buckets.gradients import gradients
 from seq2seq_buckets.model import EncoderOutput, Seq2SeqModel
 
 tf1 = tf.compat.v1
@@ -136,7 +136,7 @@ def build_inference_graph(hparams):
   decoder step."""
   graph = tf.Graph()
   with graph.as_default():
-    model = Seq2SeqModel(hparams)
+    model = Seq2SeqModel(hparams, cache_output_kernel=True)
     tf1.train.get_or_create_global_step()
     greedy, encoders = [], []
     for b, bucket in enumerate(hparams.buckets):
@@ -149,6 +149,13 @@ def build_inference_graph(hparams):
     step = _step_ops(model)
     saver = tf1.train.Saver(tf1.global_variables())
   return InferenceGraph(graph, model, greedy, encoders, step, saver)
+
+
+def restore_inference(inference_graph, session, checkpoint):
+  """Restores checkpoint into session (on inference_graph.graph) and fills the
+  decoding-only cache of the transposed output projection."""
+  inference_graph.saver.restore(session, checkpoint)
+  session.run(inference_graph.model.refresh_output_kernel)
 
 
 def _step_ops(model):

@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from seq2seq_buckets.attention import Attention, mask_bias
 from seq2seq_buckets.cells import make_cell, read
+from seq2seq_buckets.gradients import apply_mask
 from seq2seq_buckets.vocab import EOS_ID, GO_ID
 
 tf1 = tf.compat.v1
@@ -39,10 +40,11 @@ class Seq2SeqModel:
   Dropout (rate `dropout_rate`, hparams.dropout unless fed; feed 0.0 to evaluate)
   is applied to embeddings, between layers and to the attentional output in
   `loss` only. Decoder dropout masks are drawn once per sequence ([O, B, H]) so
-  an unrolled step costs one multiply per dropout site.
+  an unrolled step costs one multiply per dropout site. cache_output_kernel: for
+  decoding graphs (see `refresh_output_kernel`).
   """
 
-  def __init__(self, hparams):
+  def __init__(self, hparams, cache_output_kernel=False):
     self.hp = hp = hparams
     self.dropout_rate = tf1.placeholder_with_default(float(hp.dropout), [], "dropout_rate")
     initializer = tf1.random_uniform_initializer(-0.1, 0.1, seed=hp.seed)
@@ -72,15 +74,25 @@ class Seq2SeqModel:
               "output_weights", [hp.tgt_vocab_size, hp.size]))
         self.output_bias = read(tf1.get_variable(
             "output_bias", initializer=tf.zeros([hp.tgt_vocab_size])))
-        # [H, V], transposed once per run: a matmul with transpose_b is several times
-        # slower on this CPU for the few rows of a decoding step
-        self.output_kernel = tf.transpose(self.output_weights)
+        # [H, V]: a matmul with transpose_b is several times slower on this CPU for
+        # the few rows of a decoding step. Training transposes once per run; decoding
+        # keeps the transpose in a local variable that `refresh_output_kernel` fills
+        # once after a restore (a per-run transpose would copy V x H floats per step).
+        transposed = tf.transpose(self.output_weights)
+        if cache_output_kernel:
+          cache = tf1.get_variable("output_kernel_cache", transposed.shape, trainable=False,
+                                   collections=[tf1.GraphKeys.LOCAL_VARIABLES],
+                                   initializer=tf1.zeros_initializer())
+          self.refresh_output_kernel = cache.assign(transposed).op
+          self.output_kernel = read(cache)
+        else:
+          self.output_kernel = transposed
 
   def _dropout(self, x, training):
     """x with dropout applied when training (and hparams.dropout > 0)."""
     if not training or not self.hp.dropout:
       return x
-    return x * self._dropout_mask(tf.shape(x))
+    return apply_mask(x, self._dropout_mask(tf.shape(x)))
 
   def _dropout_mask(self, shape):
     keep = 1.0 - self.dropout_rate
@@ -100,7 +112,7 @@ class Seq2SeqModel:
     def run(cell, inputs, backward=False):
       if backward:
         inputs = tf.reverse_sequence(inputs, source_lengths, seq_axis=0, batch_axis=1)
-      outputs, states = cell.sequence(inputs, cell.zero_state(tf.shape(inputs)[1]))
+      outputs, states = cell.sequence(inputs, cell.zero_state(tf.shape(inputs)[1]), training)
       final = tuple(tf.gather_nd(s, last) for s in states)
       if backward:
         outputs = tf.reverse_sequence(outputs, source_lengths, seq_axis=0, batch_axis=1)
@@ -126,25 +138,27 @@ class Seq2SeqModel:
     """ids [T, B] int32 -> target embeddings [T, B, E] (dropout applied when training)."""
     return self._dropout(tf.nn.embedding_lookup(self.target_embedding, ids), training)
 
-  def decoder_step(self, embedded, previous_output, states, encoded, dropout_masks=None):
+  def decoder_step(self, embedded, previous_output, states, encoded, dropout_masks=None,
+                   training=False):
     """One decoder step.
 
     embedded [B, E]: this step's input token embedding; previous_output [B, H]
     (the previous attentional output, zeros at the start); states: one tuple
-    per layer; dropout_masks: None, or [layers, B, H]: one mask per layer above
-    the first, the last for the output -> (attentional output [B, H], new states).
+    per layer; dropout_masks: None, or a list of `layers` [B, H] masks: one per
+    layer above the first, the last for the output; training: True when built for
+    the loss (differentiable) -> (attentional output [B, H], new states).
     """
     inputs = [embedded, previous_output] if self.hp.input_feeding else [embedded]
-    x, state = self.decoder_cells[0].step(states[0], inputs)
+    x, state = self.decoder_cells[0].step(states[0], inputs, training)
     new_states = [state]
     for layer, (cell, state) in enumerate(zip(self.decoder_cells[1:], states[1:]), start=1):
       if dropout_masks is not None:
-        x *= dropout_masks[layer - 1]
-      x, state = cell.step(state, [x])
+        x = apply_mask(x, dropout_masks[layer - 1])
+      x, state = cell.step(state, [x], training)
       new_states.append(state)
     output, _ = self.attention(x, encoded.memory, encoded.keys, encoded.mask_bias)
     if dropout_masks is not None:
-      output *= dropout_masks[-1]
+      output = apply_mask(output, dropout_masks[-1])
     return output, new_states
 
   def logits(self, outputs):
@@ -170,11 +184,14 @@ class Seq2SeqModel:
                           num=steps)  # O x [B, E]
     masks = [None] * steps
     if hp.dropout:
-      shape = [steps, hp.num_layers, tf.shape(batch.decoder_inputs)[0], hp.size]
-      masks = tf.unstack(self._dropout_mask(shape), num=steps)  # O x [layers, B, H]
+      # one unstack for all O x layers masks [B, H] (indexing each would add ops per step)
+      shape = [steps * hp.num_layers, tf.shape(batch.decoder_inputs)[0], hp.size]
+      flat = tf.unstack(self._dropout_mask(shape), num=steps * hp.num_layers)
+      masks = [flat[t * hp.num_layers:(t + 1) * hp.num_layers] for t in range(steps)]
     output, states, outputs = self.initial_output(encoded), encoded.states, []
     for t in range(steps):
-      output, states = self.decoder_step(embedded[t], output, states, encoded, masks[t])
+      output, states = self.decoder_step(embedded[t], output, states, encoded, masks[t],
+                                         training=True)
       outputs.append(output)
     # Only real target positions reach the projection: padding costs no softmax FLOPs.
     weights = tf.reshape(batch.target_weights, [-1])

@@ -132,7 +132,7 @@ def _restored_session(graph, checkpoint):
   """A session on graph (a finalized graphs.InferenceGraph) holding checkpoint's weights."""
   session = tf1.Session(graph=graph.graph, config=trainer.session_config())
   try:
-    graph.saver.restore(session, checkpoint)
+    graphs.restore_inference(graph, session, checkpoint)
   except tf.errors.OpError as e:
     session.close()
     raise UserError(f"{checkpoint}: cannot restore this model from it "

@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from seq2seq_buckets import graphs
+from seq2seq_buckets.gradients import gradients
 from seq2seq_buckets.batches import pad_batch
 from seq2seq_buckets.hparams import HParams
 from seq2seq_buckets.vocab import EOS_ID, GO_ID
@@ -66,7 +67,7 @@ def test_padding_contents_change_neither_loss_nor_gradients(overrides):
   session = session_for(tg)
   ops = tg.buckets[1]
   with tg.graph.as_default():
-    grads = tf.gradients(ops.loss, tf1.trainable_variables())
+    grads = gradients(ops.loss, tf1.trainable_variables())
     grads = [tf.convert_to_tensor(g) for g in grads]
   batch = random_batch(BUCKETS[1], seed=3)
   noisy = [x.copy() for x in batch]
@@ -100,7 +101,7 @@ def test_gradient_matches_finite_differences(cell):
   batch = feed(ops, random_batch(BUCKETS[0], seed=4))
   with tg.graph.as_default():
     params = tf1.trainable_variables()
-    grads = [tf.convert_to_tensor(g) for g in tf.gradients(ops.loss, params)]
+    grads = [tf.convert_to_tensor(g) for g in gradients(ops.loss, params)]
     values = session.run(params)
     rng = np.random.default_rng(0)
     direction = [rng.standard_normal(v.shape).astype(np.float32) for v in values]
@@ -186,7 +187,7 @@ def test_greedy_graph_equals_step_by_step_decoding(tmp_path, eos_bias):
   path = tg.saver.save(session, str(tmp_path / "model.ckpt"))
   ig = graphs.build_inference_graph(hp)
   infer = tf1.Session(graph=ig.graph)
-  ig.saver.restore(infer, path)
+  graphs.restore_inference(ig, infer, path)
   batch = random_batch(BUCKETS[2], seed=8)
   ops = ig.greedy[2]
   greedy = infer.run(ops.ids, {ops.encoder_inputs: batch.encoder_inputs,

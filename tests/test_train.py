@@ -71,6 +71,19 @@ def test_rerun_resumes_from_the_checkpoint(prepared_copy, tmp_path):
   assert [m["step"] for m in metrics(train_dir)] == [10, 20, 30]
 
 
+def test_patience_stops_after_evaluations_without_improvement(prepared_copy, tmp_path):
+  """A model that cannot move (SGD at 1e-9) keeps its dev BLEU: the first evaluation
+  improves on nothing, the next two do not, and --patience=2 stops the run there."""
+  train_dir = str(tmp_path / "train")
+  result = run(train_cmd(prepared_copy, train_dir, "--optimizer=sgd", "--learning_rate=1e-9",
+                         "--max_steps=1000", "--steps_per_checkpoint=5", "--steps_per_bleu=5",
+                         "--patience=2"))
+  assert result.returncode == 0, result.stderr
+  assert "no improvement in 2 evaluations (--patience)" in result.stderr
+  assert [(m["step"], m["bad_evals"]) for m in metrics(train_dir)] == [(5, 0), (10, 1), (15, 2)]
+  assert checkpoint_steps(train_dir)[-1] == 15
+
+
 def test_resume_refuses_a_different_model_flag(prepared_copy, tmp_path):
   train_dir = str(tmp_path / "train")
   assert run(train_cmd(prepared_copy, train_dir, "--max_steps=1")).returncode == 0
@@ -154,7 +167,7 @@ def test_bucket_draws_follow_bucket_sizes():
 @pytest.mark.parametrize("config", sorted(glob.glob(os.path.join(REPO, "configs", "*.cfg"))))
 def test_every_shipped_config_loads(config):
   """Each config parses with its command's flags and gives valid settings."""
-  command = "prepare" if config.endswith(".prepare.cfg") else "train"
+  command = os.path.basename(config).split(".")[1] if config.count(".") > 1 else "train"
   code = f"""
 import sys
 from absl import flags
@@ -162,15 +175,20 @@ import seq2seq_buckets.cli.{command} as cli
 FLAGS = flags.FLAGS
 required = {{'train': ['--data_dir=d', '--train_dir=t'],
             'prepare': ['--train_src=a', '--train_tgt=b', '--dev_src=c', '--dev_tgt=d',
-                        '--out_dir=o']}}['{command}']
+                        '--out_dir=o'],
+            'decode': ['--train_dir=t']}}['{command}']
 FLAGS(['x', '--flagfile={config}', *required])  # an unknown flag in the file fails here
 if '{command}' == 'train':
   from seq2seq_buckets.hparams import HParams
   values = {{n: FLAGS[n].value for n in cli._MODEL_FLAGS}}
   HParams(src_vocab_size=8000, tgt_vocab_size=8000, buckets=[[10, 12]], **values).check()
-else:
+elif '{command}' == 'prepare':
   from seq2seq_buckets.buckets import parse_buckets
   parse_buckets(FLAGS.buckets)
+else:
+  from seq2seq_buckets.translator import check_search
+  check_search(FLAGS.beam_size, FLAGS.length_penalty, FLAGS.max_length_ratio, FLAGS.n_best,
+               FLAGS.batch_size)
 print('ok')
 """
   result = run([sys.executable, "-c", code], cwd=REPO)

@@ -12,7 +12,7 @@ flags.DEFINE_string("train_dir", None, "Directory written by s2s-train; the mode
 flags.DEFINE_string("checkpoint", None, "Checkpoint to restore instead of the latest: a prefix "
                     "such as model.ckpt-3000 or a directory such as best (both also looked up "
                     "inside --train_dir).")
-flags.DEFINE_integer("beam_size", 1, "Beam width; 1 runs the unrolled greedy decoder.")
+flags.DEFINE_integer("beam_size", 1, "Beam width; 1 runs the greedy decoder.")
 flags.DEFINE_float("length_penalty", 0.0, "GNMT length penalty alpha for beam search: scores "
                    "are log-probs divided by ((5 + length) / 6) ** alpha; 0 disables it.")
 flags.DEFINE_float("max_length_ratio", 2.0, "Translations stop after max_length_ratio x source "

@@ -1,0 +1,154 @@
+"""Gradients that keep the unrolled graphs small.
+
+TensorFlow builds a bucket's backward pass op by op, in Python, at ~0.4 ms an op,
+so the op count of the unrolled graphs is their build time. This module holds
+what cuts it:
+
+- `gradients`: tf.gradients for graphs with LSTM steps (see `cells.LSTMCell.step`).
+  A step's gradient is LSTMBlockCellGrad plus one matmul for the input and
+  recurrent gradients; each layer's kernel and bias gradients come from one
+  matmul and one sum over all its steps at the end. IdentityN outputs without a
+  gradient get no zeros (TensorFlow's optimize_identity_n).
+- `apply_mask`, `add_across_positions`, `plain_einsum`: a Mul, a broadcasting
+  AddV2 and a two-operand Einsum with one-op gradients where TensorFlow's
+  general ones add shape, reshape and constant ops.
+- `graph_constant`: one Const per graph for each axis or size argument.
+"""
+
+import weakref
+
+import tensorflow as tf
+from tensorflow.python.ops import gradients_util
+
+tf1 = tf.compat.v1
+
+_CONSTANTS = weakref.WeakKeyDictionary()
+
+
+def graph_constant(value):
+  """tf.constant(value) (an int or a tuple of ints), made once per graph or function
+  body and shared: unrolled steps and their gradients would otherwise add one Const
+  op per axis or size argument."""
+  graph = tf1.get_default_graph()
+  cache = _CONSTANTS.setdefault(graph, {})
+  if value not in cache:
+    with graph.control_dependencies(None), tf1.name_scope(None):
+      cache[value] = tf.constant(value, tf.int32, name="shared_constant")
+  return cache[value]
+
+
+# While `gradients` runs: {kernel handle ref: (kernel handle, bias handle, [(x, h_prev,
+# dicfo) per step])}, the material of each LSTM layer's weight gradients.
+_step_records = None
+
+
+def _handle(read_tensor):
+  """The resource handle behind a `read` tensor (Identity of a ReadVariableOp)."""
+  return read_tensor.op.inputs[0].op.inputs[0]
+
+
+@tf.RegisterGradient("LSTMBlockCellStep")
+def _lstm_step_grad(op, h_grad, cs_grad, *unused_grads):
+  """Gradients of one LSTM step: `op` is the IdentityN over [h, cs, cs_prev, h_prev, w, b,
+  *inputs] that LSTMCell.step puts after LSTMBlockCell (peepholes off); h and cs get none,
+  so TensorFlow never differentiates the cell op or the concat of its inputs itself.
+
+  dicfo [B, 4*units] from LSTMBlockCellGrad is the gradient of the gate
+  pre-activations; the matmul with w gives the input and recurrent gradients. The
+  weight and bias gradients are left to `gradients`, which makes them for all the
+  steps of a layer at once.
+  """
+  if _step_records is None:
+    raise NotImplementedError("differentiate LSTM steps with seq2seq_buckets.gradients.gradients")
+  cell = op.inputs[0].op
+  x, cs_prev, h_prev, w, wci, wcf, wco, b = cell.inputs
+  i, cs, f, o, ci, co, h = cell.outputs
+  cs_grad = tf.zeros_like(cs) if cs_grad is None else cs_grad
+  h_grad = tf.zeros_like(h) if h_grad is None else h_grad
+  cs_prev_grad, dicfo, _, _, _ = tf.raw_ops.LSTMBlockCellGrad(
+      x=x, cs_prev=cs_prev, h_prev=h_prev, w=w, wci=wci, wcf=wcf, wco=wco, b=b, i=i, cs=cs,
+      f=f, o=o, ci=ci, co=co, cs_grad=cs_grad, h_grad=h_grad, use_peephole=False)
+  inputs = op.inputs[6:]
+  sizes = tuple(t.shape[1] for t in inputs) + (h_prev.shape[1],)
+  *input_grads, h_prev_grad = tf.split(tf.matmul(dicfo, w, transpose_b=True),
+                                       graph_constant(sizes), axis=graph_constant(1))
+  kernel = _handle(w)
+  _step_records.setdefault(kernel.ref(), (kernel, _handle(b), []))[2].append((x, h_prev, dicfo))
+  return [None, None, cs_prev_grad, h_prev_grad, None, None] + input_grads
+
+
+def gradients(loss, variables):
+  """The gradients of loss w.r.t. variables (None where it does not depend on one).
+
+  tf.gradients, with two changes for the LSTM steps. Each layer's kernel and bias
+  gradients come from one matmul and one sum over all its steps (stacked [x; h_prev]
+  and dicfo), not from two ops per step. And IdentityN outputs without a gradient
+  get no zeros (TensorFlow's optimize_identity_n), which would otherwise add five
+  ZerosLike ops per step.
+  """
+  global _step_records
+  _step_records = {}
+  try:
+    with tf1.get_default_graph()._mutation_lock():  # pylint: disable=protected-access
+      grads = gradients_util._GradientsHelper(  # pylint: disable=protected-access
+          [loss], variables, optimize_identity_n=True)
+    records = _step_records
+  finally:
+    _step_records = None
+  position = {v.handle.ref(): i for i, v in enumerate(variables)}
+  zero = graph_constant(0)
+  for kernel, bias, steps in records.values():
+    xs, hs, dicfos = zip(*steps)
+    inputs = tf.concat([tf.concat(xs, zero), tf.concat(hs, zero)], graph_constant(1))
+    dicfo = tf.concat(dicfos, zero)  # [steps * B, 4 * units]
+    for handle, grad in ((kernel, tf.matmul(inputs, dicfo, transpose_a=True)),
+                         (bias, tf.reduce_sum(dicfo, axis=zero))):
+      i = position[handle.ref()]
+      grads[i] = grad if grads[i] is None else grads[i] + grad
+  return grads
+
+
+@tf.RegisterGradient("MaskMul")
+def _mask_mul_grad(op, grad):
+  """x * mask with a constant mask (dropout): the gradient of x only."""
+  return grad * op.inputs[1], None
+
+
+def apply_mask(x, mask):
+  """x * mask, differentiated for x only (a plain Mul also builds the mask's gradient)."""
+  with tf1.get_default_graph().gradient_override_map({"Mul": "MaskMul"}):
+    return tf.multiply(x, mask)
+
+
+@tf.RegisterGradient("AddAcrossPositions")
+def _add_across_positions_grad(op, grad):
+  """[B, I, H] + [B, 1, H]: the second operand's gradient sums over positions."""
+  return grad, tf.reduce_sum(grad, axis=graph_constant(1), keepdims=True)
+
+
+def add_across_positions(x, y):
+  """x [B, I, H] + y [B, 1, H], with a one-op gradient for y (TensorFlow's broadcasting
+  AddV2 gradient adds shape and reshape ops)."""
+  with tf1.get_default_graph().gradient_override_map({"AddV2": "AddAcrossPositions"}):
+    return tf.add(x, y)
+
+
+@tf.RegisterGradient("PlainEinsum")
+def _plain_einsum_grad(op, grad):
+  """Gradient of a two-operand einsum "A,B->C" in which every index of one operand
+  also appears in the other or in C: dA = einsum("C,B->A"), dB = einsum("A,C->B")
+  (TensorFlow's general Einsum gradient adds reshape and shape ops to each)."""
+  a, b = op.inputs
+  operands, out = op.get_attr("equation").decode().split("->")
+  sub_a, sub_b = operands.split(",")
+  return tf.einsum(f"{out},{sub_b}->{sub_a}", grad, b), tf.einsum(f"{sub_a},{out}->{sub_b}",
+                                                                 a, grad)
+
+
+def plain_einsum(equation, a, b):
+  """tf.einsum(equation, a, b) with `_plain_einsum_grad` as its gradient."""
+  operands, out = equation.split("->")
+  sub_a, sub_b = operands.split(",")
+  assert set(sub_a) <= set(sub_b + out) and set(sub_b) <= set(sub_a + out), equation
+  with tf1.get_default_graph().gradient_override_map({"Einsum": "PlainEinsum"}):
+    return tf.einsum(equation, a, b)

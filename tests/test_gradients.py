@@ -1,0 +1,74 @@
+"""The graph-size-saving gradients equal TensorFlow's own on the same computation."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from seq2seq_buckets import cells
+from seq2seq_buckets import gradients as grads_lib
+
+tf1 = tf.compat.v1
+
+
+def run_both(build):
+  """build(ours: bool) -> (loss, inputs) in a fresh graph; returns both runs' gradients."""
+  results = []
+  for ours in (True, False):
+    graph = tf.Graph()
+    with graph.as_default():
+      loss, inputs = build(ours)
+      grads = tf.gradients(loss, inputs)
+      with tf1.Session(graph=graph) as session:
+        results.append(session.run(grads))
+  return results
+
+
+def values(shape, seed):
+  return tf.constant(np.random.default_rng(seed).standard_normal(shape).astype(np.float32))
+
+
+def test_apply_mask_gradient_is_the_plain_multiply_gradient():
+  def build(ours):
+    x, mask = values([4, 6], 0), tf.constant(np.random.default_rng(1).integers(0, 2, [4, 6]),
+                                             tf.float32)
+    y = grads_lib.apply_mask(x, mask) if ours else x * mask
+    return tf.reduce_sum(tf.sin(y)), [x]
+  ours, theirs = run_both(build)
+  np.testing.assert_allclose(ours[0], theirs[0], rtol=1e-6)
+
+
+def test_add_across_positions_gradient_is_the_broadcast_add_gradient():
+  def build(ours):
+    x, y = values([3, 5, 4], 0), values([3, 1, 4], 1)
+    z = grads_lib.add_across_positions(x, y) if ours else x + y
+    return tf.reduce_sum(tf.tanh(z) * values([3, 5, 4], 2)), [x, y]
+  ours, theirs = run_both(build)
+  for a, b in zip(ours, theirs):
+    np.testing.assert_allclose(a, b, rtol=1e-5)
+
+
+@pytest.mark.parametrize("equation, shapes", [
+    ("bih,h->bi", ([3, 5, 4], [4])), ("bi,bih->bh", ([3, 5], [3, 5, 4])),
+    ("bih,hk->bik", ([3, 5, 4], [4, 2])), ("bih,bh->bi", ([3, 5, 4], [3, 4]))])
+def test_plain_einsum_gradient_is_the_einsum_gradient(equation, shapes):
+  def build(ours):
+    a, b = values(shapes[0], 0), values(shapes[1], 1)
+    out = grads_lib.plain_einsum(equation, a, b) if ours else tf.einsum(equation, a, b)
+    return tf.reduce_sum(tf.sin(out)), [a, b]
+  ours, theirs = run_both(build)
+  for a, b in zip(ours, theirs):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_plain_einsum_refuses_an_index_summed_within_one_operand():
+  with tf.Graph().as_default(), pytest.raises(AssertionError):
+    grads_lib.plain_einsum("bij,b->b", values([2, 3, 4], 0), values([2], 1))
+
+
+def test_lstm_steps_need_the_project_gradients():
+  """Plain tf.gradients cannot see the LSTM weight gradients; it says so."""
+  with tf.Graph().as_default():
+    cell = cells.LSTMCell(3, 4, "lstm")
+    h, _ = cell.step(cell.zero_state(2), [values([2, 3], 0)])
+    with pytest.raises(NotImplementedError, match="gradients.gradients"):
+      tf.gradients(tf.reduce_sum(h), tf1.trainable_variables())
