@@ -4,11 +4,10 @@ TensorFlow builds a bucket's backward pass op by op, in Python, at ~0.4 ms an op
 so the op count of the unrolled graphs is their build time. This module holds
 what cuts it:
 
-- `gradients`: tf.gradients for graphs with LSTM steps (see `cells.LSTMCell.step`).
-  A step's gradient is LSTMBlockCellGrad plus one matmul for the input and
-  recurrent gradients; each layer's kernel and bias gradients come from one
-  matmul and one sum over all its steps at the end. IdentityN outputs without a
-  gradient get no zeros (TensorFlow's optimize_identity_n).
+- the LSTM step gradient (see `cells.LSTMCell.step`): LSTMBlockCellGrad plus
+  matmuls, registered for the IdentityN that ends each step;
+- `gradients`: tf.gradients without zeros for IdentityN outputs that get no
+  gradient (TensorFlow's optimize_identity_n).
 - `apply_mask`, `add_across_positions`, `plain_einsum`: a Mul, a broadcasting
   AddV2 and a two-operand Einsum with one-op gradients where TensorFlow's
   general ones add shape, reshape and constant ops.
@@ -37,16 +36,6 @@ def graph_constant(value):
   return cache[value]
 
 
-# While `gradients` runs: {kernel handle ref: (kernel handle, bias handle, [(x, h_prev,
-# dicfo) per step])}, the material of each LSTM layer's weight gradients.
-_step_records = None
-
-
-def _handle(read_tensor):
-  """The resource handle behind a `read` tensor (Identity of a ReadVariableOp)."""
-  return read_tensor.op.inputs[0].op.inputs[0]
-
-
 @tf.RegisterGradient("LSTMBlockCellStep")
 def _lstm_step_grad(op, h_grad, cs_grad, *unused_grads):
   """Gradients of one LSTM step: `op` is the IdentityN over [h, cs, cs_prev, h_prev, w, b,
@@ -54,12 +43,8 @@ def _lstm_step_grad(op, h_grad, cs_grad, *unused_grads):
   so TensorFlow never differentiates the cell op or the concat of its inputs itself.
 
   dicfo [B, 4*units] from LSTMBlockCellGrad is the gradient of the gate
-  pre-activations; the matmul with w gives the input and recurrent gradients. The
-  weight and bias gradients are left to `gradients`, which makes them for all the
-  steps of a layer at once.
+  pre-activations; matmuls give the input, recurrent and weight gradients.
   """
-  if _step_records is None:
-    raise NotImplementedError("differentiate LSTM steps with seq2seq_buckets.gradients.gradients")
   cell = op.inputs[0].op
   x, cs_prev, h_prev, w, wci, wcf, wco, b = cell.inputs
   i, cs, f, o, ci, co, h = cell.outputs
@@ -68,44 +53,23 @@ def _lstm_step_grad(op, h_grad, cs_grad, *unused_grads):
   cs_prev_grad, dicfo, _, _, _ = tf.raw_ops.LSTMBlockCellGrad(
       x=x, cs_prev=cs_prev, h_prev=h_prev, w=w, wci=wci, wcf=wcf, wco=wco, b=b, i=i, cs=cs,
       f=f, o=o, ci=ci, co=co, cs_grad=cs_grad, h_grad=h_grad, use_peephole=False)
+  one = graph_constant(1)
   inputs = op.inputs[6:]
   sizes = tuple(t.shape[1] for t in inputs) + (h_prev.shape[1],)
   *input_grads, h_prev_grad = tf.split(tf.matmul(dicfo, w, transpose_b=True),
-                                       graph_constant(sizes), axis=graph_constant(1))
-  kernel = _handle(w)
-  _step_records.setdefault(kernel.ref(), (kernel, _handle(b), []))[2].append((x, h_prev, dicfo))
-  return [None, None, cs_prev_grad, h_prev_grad, None, None] + input_grads
+                                       graph_constant(sizes), axis=one)
+  w_grad = tf.matmul(tf.concat([x, h_prev], one), dicfo, transpose_a=True)
+  b_grad = tf.reduce_sum(dicfo, axis=graph_constant(0))
+  return [None, None, cs_prev_grad, h_prev_grad, w_grad, b_grad] + input_grads
 
 
 def gradients(loss, variables):
-  """The gradients of loss w.r.t. variables (None where it does not depend on one).
-
-  tf.gradients, with two changes for the LSTM steps. Each layer's kernel and bias
-  gradients come from one matmul and one sum over all its steps (stacked [x; h_prev]
-  and dicfo), not from two ops per step. And IdentityN outputs without a gradient
-  get no zeros (TensorFlow's optimize_identity_n), which would otherwise add five
-  ZerosLike ops per step.
-  """
-  global _step_records
-  _step_records = {}
-  try:
-    with tf1.get_default_graph()._mutation_lock():  # pylint: disable=protected-access
-      grads = gradients_util._GradientsHelper(  # pylint: disable=protected-access
-          [loss], variables, optimize_identity_n=True)
-    records = _step_records
-  finally:
-    _step_records = None
-  position = {v.handle.ref(): i for i, v in enumerate(variables)}
-  zero = graph_constant(0)
-  for kernel, bias, steps in records.values():
-    xs, hs, dicfos = zip(*steps)
-    inputs = tf.concat([tf.concat(xs, zero), tf.concat(hs, zero)], graph_constant(1))
-    dicfo = tf.concat(dicfos, zero)  # [steps * B, 4 * units]
-    for handle, grad in ((kernel, tf.matmul(inputs, dicfo, transpose_a=True)),
-                         (bias, tf.reduce_sum(dicfo, axis=zero))):
-      i = position[handle.ref()]
-      grads[i] = grad if grads[i] is None else grads[i] + grad
-  return grads
+  """tf.gradients(loss, variables), except that IdentityN outputs without a gradient get
+  no zeros (TensorFlow's optimize_identity_n): each LSTM step would otherwise add five
+  ZerosLike ops for the cell outputs it does not use."""
+  with tf1.get_default_graph()._mutation_lock():  # pylint: disable=protected-access
+    return gradients_util._GradientsHelper(  # pylint: disable=protected-access
+        [loss], variables, optimize_identity_n=True)
 
 
 @tf.RegisterGradient("MaskMul")

@@ -65,10 +65,16 @@ def test_plain_einsum_refuses_an_index_summed_within_one_operand():
     grads_lib.plain_einsum("bij,b->b", values([2, 3, 4], 0), values([2], 1))
 
 
-def test_lstm_steps_need_the_project_gradients():
-  """Plain tf.gradients cannot see the LSTM weight gradients; it says so."""
-  with tf.Graph().as_default():
+def test_gradients_equal_tf_gradients_through_lstm_steps():
+  """`gradients` (no zeros for unused IdentityN outputs) gives tf.gradients' values."""
+  graph = tf.Graph()
+  with graph.as_default():
     cell = cells.LSTMCell(3, 4, "lstm")
-    h, _ = cell.step(cell.zero_state(2), [values([2, 3], 0)])
-    with pytest.raises(NotImplementedError, match="gradients.gradients"):
-      tf.gradients(tf.reduce_sum(h), tf1.trainable_variables())
+    outputs, _ = cell.sequence(values([5, 2, 3], 0), cell.zero_state(2))
+    loss = tf.reduce_sum(tf.sin(outputs))
+    params = tf1.trainable_variables()
+    ours, theirs = grads_lib.gradients(loss, params), tf.gradients(loss, params)
+    with tf1.Session(graph=graph) as session:
+      session.run(tf1.global_variables_initializer())
+      for a, b in zip(*session.run([ours, theirs])):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
