@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on Multi30k En->De: prepare -> train -> average the last checkpoints ->
-# evaluate (beam 5 on test_2016_flickr) -> sample translations. Short by default; MINUTES=55 gives the
-# README's recipe. Run from the repository root after `pip install -e .`.
+# evaluate (beam 5 on test_2016_flickr) -> sample translations. Short by default;
+# MINUTES=57 gives the README's recipe. Run from the repository root after
+# `pip install -e .`.
 #
 #   MINUTES   training budget in minutes (default 5)
 #   PAIR      en_de or en_fr (default en_de)

@@ -21,7 +21,8 @@ def main():
   saved, paths = averaging.average(FLAGS.train_dir, FLAGS.last, FLAGS.output_dir)
   steps = ", ".join(p.rsplit("-", 1)[-1] for p in paths)
   note = "" if len(paths) == FLAGS.last else f" (only {len(paths)} there)"
-  common.log(f"averaged {len(paths)} checkpoints{note}, steps {steps}, into {saved}")
+  plural = "s" if len(paths) != 1 else ""
+  common.log(f"averaged {len(paths)} checkpoint{plural}{note}, steps {steps}, into {saved}")
   if FLAGS.output_dir is None:
     common.log(f"decode it with: s2s-decode --train_dir={FLAGS.train_dir} "
                f"--checkpoint={averaging.AVERAGED_DIR}")
