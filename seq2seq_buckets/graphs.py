@@ -2,9 +2,10 @@
 
 Training graph: per bucket a placeholder BatchedInput, its loss, update op and
 gradient norm (dev loss: the same loss with model.dropout_rate fed 0.0) and a
-greedy decoder. Inference graph: per bucket a greedy decoder and an encoder, plus one
-one-step decoder (state in, log-probs and state out) for beam search. Train and
-inference share weights through checkpoints.
+greedy decoder (a while loop over the decoder step). Inference graph: per bucket
+an encoder and a greedy decoder over it, plus one one-step decoder (state in,
+log-probs and state out) for beam search. Train and inference share weights
+through checkpoints.
 """
 
 import collections

@@ -39,8 +39,8 @@ class Seq2SeqModel:
 
   Dropout (rate `dropout_rate`, hparams.dropout unless fed; feed 0.0 to evaluate)
   is applied to embeddings, between layers and to the attentional output in
-  `loss` only. Decoder dropout masks are drawn once per sequence ([O, B, H]) so
-  an unrolled step costs one multiply per dropout site. cache_output_kernel: for
+  `loss` only. Decoder dropout masks are drawn once per sequence ([O * layers, B, H])
+  so an unrolled step costs one multiply per dropout site. cache_output_kernel: for
   decoding graphs (see `refresh_output_kernel`).
   """
 

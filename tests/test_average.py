@@ -39,6 +39,7 @@ def test_average_of_the_last_checkpoints_decodes(trained_copy, tmp_path):
 
 def test_average_errors_are_one_line(tmp_path):
   for args, message in (([f"--train_dir={tmp_path}"], "no checkpoint yet"),
+                        ([f"--train_dir={tmp_path}", "--last=0"], "last must be >= 1"),
                         ([f"--train_dir={tmp_path / 'missing'}"], "no such directory")):
     result = run(["s2s-average", *args])
     assert result.returncode == 2
