@@ -66,14 +66,17 @@ def scan_text_file(path):
 
 
 def read_pair_chunks(src_path, tgt_path):
-  """Yields (source lines, target lines): lists of up to CHUNK_PAIRS lines, newlines removed."""
-  with open(src_path, encoding="utf-8", newline="\n") as src, \
-       open(tgt_path, encoding="utf-8", newline="\n") as tgt:
+  """Yields (source lines, target lines): lists of up to CHUNK_PAIRS lines, newlines removed.
+
+  Lines are UTF-8 bytes (scan_text_file has checked them): SentencePiece takes
+  them as they are, which spares decoding them here and encoding them again there.
+  """
+  with open(src_path, "rb") as src, open(tgt_path, "rb") as tgt:
     while True:
-      src_lines = [line.rstrip("\r\n") for line in itertools.islice(src, CHUNK_PAIRS)]
+      src_lines = [line.rstrip(b"\r\n") for line in itertools.islice(src, CHUNK_PAIRS)]
       if not src_lines:
         return
-      yield src_lines, [line.rstrip("\r\n") for line in itertools.islice(tgt, len(src_lines))]
+      yield src_lines, [line.rstrip(b"\r\n") for line in itertools.islice(tgt, len(src_lines))]
 
 
 def _flatten(id_lists):

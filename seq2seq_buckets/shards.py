@@ -45,14 +45,19 @@ def pair_records(source, target):
 
 
 def _crc32c_tables():
-  """[4, 256] uint32 tables for CRC-32C (Castagnoli) taking four bytes a step."""
-  table = np.arange(256, dtype=np.uint32)
+  """[2, 65536] uint32 tables for CRC-32C (Castagnoli) taking four bytes a step.
+
+  Built from the byte table: tables[0][x] is the CRC contribution of the low two
+  bytes x of a word, tables[1][x] that of its high two bytes.
+  """
+  byte = np.arange(256, dtype=np.uint32)
   for _ in range(8):
-    table = np.where(table & 1, (table >> 1) ^ np.uint32(0x82F63B78), table >> 1)
-  tables = [table]
+    byte = np.where(byte & 1, (byte >> 1) ^ np.uint32(0x82F63B78), byte >> 1)
+  shifted = [byte]  # shifted[k][b]: byte b followed by k zero bytes
   for _ in range(3):
-    tables.append((tables[-1] >> 8) ^ table[tables[-1] & 0xFF])
-  return np.stack(tables).astype(np.uint32)
+    shifted.append((shifted[-1] >> 8) ^ byte[shifted[-1] & 0xFF])
+  low, high = np.arange(1 << 16, dtype=np.uint32) & 0xFF, np.arange(1 << 16, dtype=np.uint32) >> 8
+  return np.stack([shifted[3][low] ^ shifted[2][high], shifted[1][low] ^ shifted[0][high]])
 
 
 _TABLES = _crc32c_tables()
@@ -69,10 +74,10 @@ def masked_crc32c(words, lengths):
   starts = (np.cumsum(lengths) - lengths)[order]
   active = np.searchsorted(-lengths[order], -np.arange(lengths.max(initial=0)))
   crc = np.full(len(lengths), 0xFFFFFFFF, np.uint32)
+  low, high = _TABLES
   for j, n in enumerate(active):
     c = crc[:n] ^ words[starts[:n] + j]
-    crc[:n] = (_TABLES[3][c & 0xFF] ^ _TABLES[2][(c >> 8) & 0xFF] ^
-               _TABLES[1][(c >> 16) & 0xFF] ^ _TABLES[0][c >> 24])
+    crc[:n] = low[c & 0xFFFF] ^ high[c >> 16]
   crc ^= np.uint32(0xFFFFFFFF)
   masked = ((crc >> 15) | (crc << 17)) + np.uint32(_CRC_MASK_DELTA)
   out = np.empty_like(masked)
