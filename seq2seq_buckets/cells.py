@@ -3,7 +3,9 @@
 The LSTM step is TensorFlow's fused LSTMBlockCell kernel: one op per unrolled
 step instead of about fifteen, which keeps the graphs of every bucket small
 enough to build in seconds. Core TensorFlow no longer registers its gradient:
-the step ends in an IdentityN whose gradient `gradients.py` supplies.
+the step ends in an IdentityN whose gradient `gradients.py` supplies. A whole
+sequence (the encoder) is one BlockLSTM op, same gates and weights, with a
+gradient from `gradients.py` too.
 
 Each layer keeps one kernel [in + units, G*units] whose rows are the input rows
 followed by the recurrent rows. States are tuples of [B, units] float32: LSTM
@@ -71,6 +73,19 @@ class LSTMCell(_Layer):
   def zero_state(self, batch):
     zeros = tf.zeros([batch, self.units])
     return (zeros, zeros)
+
+  def sequence(self, x, state, differentiable=True):
+    """x [T, B, in] -> (outputs [T, B, units], states (c, h): [T, B, units] each).
+
+    One fused BlockLSTM op for all T steps (same gate order and weights as `step`;
+    differentiable or not, gradients.py supplies its gradient)."""
+    c, h = state
+    with tf1.get_default_graph().gradient_override_map({"BlockLSTM": "BlockLSTMSequence"}):
+      block = tf.raw_ops.BlockLSTM(
+          seq_len_max=tf.constant(x.shape[0], tf.int64), x=x, cs_prev=c, h_prev=h,
+          w=self.kernel, wci=self._no_peephole, wcf=self._no_peephole, wco=self._no_peephole,
+          b=self.bias, forget_bias=0.0, cell_clip=-1.0, use_peephole=False)
+    return block.h, (block.cs, block.h)
 
   def step(self, state, inputs, differentiable=True):
     """state (c, h), inputs: list of [B, k_i] (sum k_i = input_size, in kernel row order)

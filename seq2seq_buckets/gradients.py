@@ -6,6 +6,9 @@ what cuts it:
 
 - the LSTM step gradient (see `cells.LSTMCell.step`): LSTMBlockCellGrad plus
   matmuls, registered for the IdentityN that ends each step;
+- the LSTM sequence gradient (see `cells.LSTMCell.sequence`, the encoder's one
+  BlockLSTM op per layer): LSTMBlockCellGrad and the recurrent matmul per step,
+  the input and weight gradients as one matmul over all steps;
 - `gradients`: tf.gradients without zeros for IdentityN outputs that get no
   gradient (TensorFlow's optimize_identity_n).
 - `apply_mask`, `add_across_positions`, `plain_einsum`: a Mul, a broadcasting
@@ -61,6 +64,47 @@ def _lstm_step_grad(op, h_grad, cs_grad, *unused_grads):
   w_grad = tf.matmul(tf.concat([x, h_prev], one), dicfo, transpose_a=True)
   b_grad = tf.reduce_sum(dicfo, axis=graph_constant(0))
   return [None, None, cs_prev_grad, h_prev_grad, w_grad, b_grad] + input_grads
+
+
+@tf.RegisterGradient("BlockLSTMSequence")
+def _block_lstm_grad(op, *grads):
+  """Gradients of a BlockLSTM over a whole sequence (peepholes off); see LSTMCell.sequence.
+
+  Core TensorFlow's BlockLSTMGrad does every matmul with Eigen, about a third
+  slower here than MatMul ops. So only the recurrence runs step by step (per
+  step LSTMBlockCellGrad -> dicfo [B, 4*units], and the recurrent matmul), and the
+  input, weight and bias gradients are one matmul (or sum) over all T*B rows.
+  """
+  _, x, cs_prev, h_prev, w, wci, wcf, wco, b = op.inputs
+  i, cs, f, o, ci, co, h = op.outputs
+  cs_grad, h_grad = (tf.zeros_like(t) if g is None else g
+                     for t, g in ((cs, grads[1]), (h, grads[6])))
+  steps, batch, input_size = x.shape
+  units = h_prev.shape[1]
+  zero = graph_constant(0)
+  w_x, w_h = tf.split(w, graph_constant((input_size, units)), axis=zero)
+  per_step = [tf.unstack(t, num=steps) for t in (x, i, cs, f, o, ci, co, cs_grad, h_grad)]
+  x_t, i_t, cs_t, f_t, o_t, ci_t, co_t, cs_grad_t, h_grad_t = per_step
+  cs_prev_t, h_prev_t = [cs_prev] + cs_t[:-1], [h_prev] + tf.unstack(h, num=steps)[:-1]
+  dicfo = [None] * steps
+  d_cs, d_h = cs_grad_t[-1], h_grad_t[-1]
+  for t in reversed(range(steps)):
+    if t < steps - 1:
+      d_cs, d_h = d_cs + cs_grad_t[t], d_h + h_grad_t[t]
+    d_cs, dicfo[t], _, _, _ = tf.raw_ops.LSTMBlockCellGrad(
+        x=x_t[t], cs_prev=cs_prev_t[t], h_prev=h_prev_t[t], w=w, wci=wci, wcf=wcf, wco=wco,
+        b=b, i=i_t[t], cs=cs_t[t], f=f_t[t], o=o_t[t], ci=ci_t[t], co=co_t[t], cs_grad=d_cs,
+        h_grad=d_h, use_peephole=False)
+    d_h = tf.matmul(dicfo[t], w_h, transpose_b=True)
+  rows = graph_constant((steps * batch, 4 * units))
+  flat = tf.reshape(tf.stack(dicfo), rows)  # [T*B, 4*units]
+  x_grad = tf.reshape(tf.matmul(flat, w_x, transpose_b=True),
+                      graph_constant((steps, batch, input_size)))
+  inputs = tf.reshape(tf.concat([x, tf.stack(h_prev_t)], graph_constant(2)),
+                      graph_constant((steps * batch, input_size + units)))
+  w_grad = tf.matmul(inputs, flat, transpose_a=True)
+  b_grad = tf.reduce_sum(flat, axis=zero)
+  return [None, x_grad, d_cs, d_h, w_grad, None, None, None, b_grad]
 
 
 def gradients(loss, variables):

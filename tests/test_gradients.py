@@ -65,12 +65,21 @@ def test_plain_einsum_refuses_an_index_summed_within_one_operand():
     grads_lib.plain_einsum("bij,b->b", values([2, 3, 4], 0), values([2], 1))
 
 
+def unrolled(cell, x, state):
+  """cell's outputs [T, B, units] and final state, one LSTMCell.step per step of x [T, B, in]."""
+  outputs = []
+  for x_t in tf.unstack(x):
+    h, state = cell.step(state, [x_t])
+    outputs.append(h)
+  return tf.stack(outputs), state
+
+
 def test_gradients_equal_tf_gradients_through_lstm_steps():
   """`gradients` (no zeros for unused IdentityN outputs) gives tf.gradients' values."""
   graph = tf.Graph()
   with graph.as_default():
     cell = cells.LSTMCell(3, 4, "lstm")
-    outputs, _ = cell.sequence(values([5, 2, 3], 0), cell.zero_state(2))
+    outputs, _ = unrolled(cell, values([5, 2, 3], 0), cell.zero_state(2))
     loss = tf.reduce_sum(tf.sin(outputs))
     params = tf1.trainable_variables()
     ours, theirs = grads_lib.gradients(loss, params), tf.gradients(loss, params)
@@ -78,3 +87,37 @@ def test_gradients_equal_tf_gradients_through_lstm_steps():
       session.run(tf1.global_variables_initializer())
       for a, b in zip(*session.run([ours, theirs])):
         np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+@pytest.mark.parametrize("reference", ["steps", "core_block_lstm_grad"])
+def test_sequence_gradient_equals_step_and_core_gradients(reference):
+  """LSTMCell.sequence (BlockLSTM with our gradient) against the same LSTM unrolled step
+  by step, and against core TensorFlow's BlockLSTMGrad; the loss reads every output and
+  the c and h states at other steps, so both the h and the cs gradient paths count."""
+  graph = tf.Graph()
+  with graph.as_default():
+    cell = cells.LSTMCell(3, 4, "lstm")
+    x, start = values([6, 2, 3], 0), (values([2, 4], 1), values([2, 4], 2))
+    outputs, (c, h) = cell.sequence(x, start)
+    if reference == "steps":
+      ref_outputs, _ = unrolled(cell, x, start)
+      ref_c = tf.stack([unrolled(cell, x[:t + 1], start)[1][0] for t in range(6)])
+      ref_h = ref_outputs
+    else:
+      zeros = tf.zeros([4])
+      block = tf.raw_ops.BlockLSTM(
+          seq_len_max=tf.constant(6, tf.int64), x=x, cs_prev=start[0], h_prev=start[1],
+          w=cell.kernel, wci=zeros, wcf=zeros, wco=zeros, b=cell.bias, forget_bias=0.0,
+          cell_clip=-1.0, use_peephole=False)
+      ref_outputs, ref_c, ref_h = block.h, block.cs, block.h
+
+    def loss(outputs, c, h):
+      return (tf.reduce_sum(tf.sin(outputs)) + tf.reduce_sum(tf.cos(c[3]) * values([2, 4], 3))
+              + tf.reduce_sum(tf.square(h[4])))
+    wrt = [x, *start] + tf1.trainable_variables()
+    ours = grads_lib.gradients(loss(outputs, c, h), wrt)
+    theirs = tf.gradients(loss(ref_outputs, ref_c, ref_h), wrt)
+    with tf1.Session(graph=graph) as session:
+      session.run(tf1.global_variables_initializer())
+      for a, b in zip(*session.run([ours, theirs])):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
