@@ -39,6 +39,19 @@ def graph_constant(value):
   return cache[value]
 
 
+def transposed(kernel):
+  """tf.transpose(kernel) of a weight matrix, made once per graph and shared by every
+  step's gradient: MatMul with transpose_b is ~3x slower on this CPU than with the
+  transposed matrix for the [B, 4*units] x [4*units, in] products of backprop."""
+  graph = tf1.get_default_graph()
+  cache = _CONSTANTS.setdefault(graph, {})
+  key = ("transposed", kernel.ref())
+  if key not in cache:
+    with graph.control_dependencies(None), tf1.name_scope(None):
+      cache[key] = tf.transpose(kernel, name="transposed_kernel")
+  return cache[key]
+
+
 @tf.RegisterGradient("LSTMBlockCellStep")
 def _lstm_step_grad(op, h_grad, cs_grad, *unused_grads):
   """Gradients of one LSTM step: `op` is the IdentityN over [h, cs, cs_prev, h_prev, w, b,
@@ -59,7 +72,7 @@ def _lstm_step_grad(op, h_grad, cs_grad, *unused_grads):
   one = graph_constant(1)
   inputs = op.inputs[6:]
   sizes = tuple(t.shape[1] for t in inputs) + (h_prev.shape[1],)
-  *input_grads, h_prev_grad = tf.split(tf.matmul(dicfo, w, transpose_b=True),
+  *input_grads, h_prev_grad = tf.split(tf.matmul(dicfo, transposed(w)),
                                        graph_constant(sizes), axis=one)
   w_grad = tf.matmul(tf.concat([x, h_prev], one), dicfo, transpose_a=True)
   b_grad = tf.reduce_sum(dicfo, axis=graph_constant(0))
@@ -82,7 +95,8 @@ def _block_lstm_grad(op, *grads):
   steps, batch, input_size = x.shape
   units = h_prev.shape[1]
   zero = graph_constant(0)
-  w_x, w_h = tf.split(w, graph_constant((input_size, units)), axis=zero)
+  w_x_t, w_h_t = tf.split(transposed(w), graph_constant((input_size, units)),
+                         axis=graph_constant(1))
   per_step = [tf.unstack(t, num=steps) for t in (x, i, cs, f, o, ci, co, cs_grad, h_grad)]
   x_t, i_t, cs_t, f_t, o_t, ci_t, co_t, cs_grad_t, h_grad_t = per_step
   cs_prev_t, h_prev_t = [cs_prev] + cs_t[:-1], [h_prev] + tf.unstack(h, num=steps)[:-1]
@@ -95,10 +109,10 @@ def _block_lstm_grad(op, *grads):
         x=x_t[t], cs_prev=cs_prev_t[t], h_prev=h_prev_t[t], w=w, wci=wci, wcf=wcf, wco=wco,
         b=b, i=i_t[t], cs=cs_t[t], f=f_t[t], o=o_t[t], ci=ci_t[t], co=co_t[t], cs_grad=d_cs,
         h_grad=d_h, use_peephole=False)
-    d_h = tf.matmul(dicfo[t], w_h, transpose_b=True)
+    d_h = tf.matmul(dicfo[t], w_h_t)
   rows = graph_constant((steps * batch, 4 * units))
   flat = tf.reshape(tf.stack(dicfo), rows)  # [T*B, 4*units]
-  x_grad = tf.reshape(tf.matmul(flat, w_x, transpose_b=True),
+  x_grad = tf.reshape(tf.matmul(flat, w_x_t),
                       graph_constant((steps, batch, input_size)))
   inputs = tf.reshape(tf.concat([x, tf.stack(h_prev_t)], graph_constant(2)),
                       graph_constant((steps * batch, input_size + units)))
