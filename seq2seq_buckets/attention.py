@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from seq2seq_buckets.cells import read
 from seq2seq_buckets.gradients import add_across_positions, graph_constant, plain_einsum
+from seq2seq_buckets.gradients import weight_matmul
 
 tf1 = tf.compat.v1
 
@@ -39,15 +40,16 @@ class Attention:
     """query [B, H], memory/keys [B, I, H], mask_bias [B, I] (see `mask_bias`) ->
     (attentional output [B, H], alignments [B, I])."""
     if self.kind == "bahdanau":
-      projected = tf.expand_dims(tf.matmul(query, self.query_kernel), graph_constant(1))
+      projected = tf.expand_dims(weight_matmul(query, self.query_kernel),
+                                 graph_constant(1))
       scores = plain_einsum("bih,h->bi", tf.tanh(add_across_positions(keys, projected)),
                             self.score_vector)
     else:
       scores = plain_einsum("bih,bh->bi", keys, query)
     alignments = tf.nn.softmax(scores + mask_bias)
     context = plain_einsum("bi,bih->bh", alignments, memory)
-    output = tf.tanh(tf.matmul(context, self.context_kernel) +
-                     tf.matmul(query, self.query_output_kernel))
+    output = tf.tanh(weight_matmul(context, self.context_kernel) +
+                     weight_matmul(query, self.query_output_kernel))
     return output, alignments
 
 

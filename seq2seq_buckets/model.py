@@ -21,7 +21,8 @@ import tensorflow as tf
 
 from seq2seq_buckets.attention import Attention, mask_bias
 from seq2seq_buckets.cells import make_cell, read
-from seq2seq_buckets.gradients import apply_mask
+from seq2seq_buckets.gradients import apply_mask, weight_matmul
+from seq2seq_buckets.gradients import transposed as transposed_kernel
 from seq2seq_buckets.vocab import EOS_ID, GO_ID
 
 tf1 = tf.compat.v1
@@ -87,6 +88,7 @@ class Seq2SeqModel:
           self.output_kernel = read(cache)
         else:
           self.output_kernel = transposed
+          transposed_kernel(transposed, known=self.output_weights)
 
   def _dropout(self, x, training):
     """x with dropout applied when training (and hparams.dropout > 0)."""
@@ -163,7 +165,7 @@ class Seq2SeqModel:
 
   def logits(self, outputs):
     """outputs [N, H] -> logits [N, V]."""
-    return tf.matmul(outputs, self.output_kernel) + self.output_bias
+    return weight_matmul(outputs, self.output_kernel) + self.output_bias
 
   def initial_output(self, encoded):
     """Zeros [B, H]: the 'previous attentional output' of the first decoder step."""

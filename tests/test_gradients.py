@@ -47,6 +47,22 @@ def test_add_across_positions_gradient_is_the_broadcast_add_gradient():
     np.testing.assert_allclose(a, b, rtol=1e-5)
 
 
+@pytest.mark.parametrize("known", [False, True])
+def test_weight_matmul_gradient_is_the_matmul_gradient(known):
+  """With the kernel's transpose made by `transposed` or given to it (as the model gives
+  the output projection's)."""
+  def build(ours):
+    x, weights = values([5, 3], 0), values([4, 3], 1)
+    kernel = tf.transpose(weights)
+    if ours and known:
+      grads_lib.transposed(kernel, known=weights)
+    y = grads_lib.weight_matmul(x, kernel) if ours else tf.matmul(x, kernel)
+    return tf.reduce_sum(tf.sin(y)), [x, weights]
+  ours, theirs = run_both(build)
+  for a, b in zip(ours, theirs):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("equation, shapes", [
     ("bih,h->bi", ([3, 5, 4], [4])), ("bi,bih->bh", ([3, 5], [3, 5, 4])),
     ("bih,hk->bik", ([3, 5, 4], [4, 2])), ("bih,bh->bi", ([3, 5, 4], [3, 4]))])
