@@ -3,25 +3,24 @@
 Training graph: per bucket a placeholder BatchedInput, its loss, update op and
 gradient norm (dev loss: the same loss with model.dropout_rate fed 0.0) and a
 greedy decoder (a while loop over the decoder step). Inference graph: per bucket
-an encoder and a greedy decoder over it, plus one one-step decoder (state in,
-log-probs and state out) for beam search. Train and inference share weights
-through checkpoints.
+an encoder with a greedy decoder and a beam search over it (each one while
+loop). Train and inference share weights through checkpoints.
 """
 
 import collections
 
 import tensorflow as tf
 
-from seq2seq_buckets.attention import mask_bias
 from seq2seq_buckets.batches import BatchedInput
 from seq2seq_buckets.gradients import gradients
-from seq2seq_buckets.model import EncoderOutput, Seq2SeqModel
+from seq2seq_buckets.model import Seq2SeqModel
 
 tf1 = tf.compat.v1
 # Graph mode for the whole process: sessions, savers and summaries run outside a
 # `graph.as_default()` block too.
 tf1.disable_eager_execution()
 
+# update: runs the optimizer step and yields the global step after it (int64 scalar).
 BucketTrainOps = collections.namedtuple(
     "BucketTrainOps", ["inputs", "loss", "nll_sum", "tokens", "grad_norm", "update",
                        "greedy"])
@@ -36,21 +35,18 @@ EVAL_STATE = {"best_dev_loss": float("inf"), "recent_dev_losses": [float("inf")]
 TrainingGraph = collections.namedtuple(
     "TrainingGraph", ["graph", "model", "buckets", "state", "init", "saver"])
 
-# update: runs the optimizer step and yields the global step after it (int64 scalar).
-
-# Per bucket encoder for beam search: inputs (encoder_inputs [N, I], source_lengths [N]) ->
-# memory, keys [N, I, H], states (flat list of [N, H]), initial output [N, H].
-EncoderOps = collections.namedtuple(
-    "EncoderOps", ["encoder_inputs", "source_lengths", "memory", "keys", "states", "output"])
-# One decoder step: placeholders tokens [N], output [N, H], states (flat list of [N, H]),
-# memory/keys [N, I, H], source_lengths [N] -> log_probs [N, V], new output, new states.
-StepOps = collections.namedtuple(
-    "StepOps", ["tokens", "output", "states", "memory", "keys", "source_lengths",
-                "log_probs", "new_output", "new_states"])
+# Greedy decoding over a bucket's encoder: placeholders encoder_inputs [N, I],
+# source_lengths [N], max_steps [] -> ids [N, T] (see Seq2SeqModel.greedy).
 GreedyOps = collections.namedtuple("GreedyOps",
                                    ["encoder_inputs", "source_lengths", "max_steps", "ids"])
-InferenceGraph = collections.namedtuple(
-    "InferenceGraph", ["graph", "model", "greedy", "encoders", "step", "saver"])
+# Beam search over a bucket's encoder: placeholders limits [N] (most output pieces per
+# sentence), beam_size, n_best, alpha (the GNMT length penalty) -> found, a
+# beam_search.Found.
+BeamOps = collections.namedtuple(
+    "BeamOps", ["encoder_inputs", "source_lengths", "limits", "beam_size", "n_best", "alpha",
+                "found"])
+InferenceGraph = collections.namedtuple("InferenceGraph",
+                                        ["graph", "model", "greedy", "beam", "saver"])
 
 
 def bucket_placeholders(bucket, batch_size, name):
@@ -81,6 +77,16 @@ def greedy_ops(model, bucket, encoder_inputs, lengths, encoded):
   (see Seq2SeqModel.greedy)."""
   max_steps = tf1.placeholder_with_default(bucket[1], [], "max_steps")
   return GreedyOps(encoder_inputs, lengths, max_steps, model.greedy(encoded, max_steps))
+
+
+def beam_ops(model, encoder_inputs, lengths, encoded):
+  """BeamOps over `encoded` (the encoding of encoder_inputs [N, I], lengths [N])."""
+  limits = tf1.placeholder(tf.int32, [None], "limits")
+  beam_size = tf1.placeholder(tf.int32, [], "beam_size")
+  n_best = tf1.placeholder_with_default(1, [], "n_best")
+  alpha = tf1.placeholder_with_default(0.0, [], "alpha")
+  return BeamOps(encoder_inputs, lengths, limits, beam_size, n_best, alpha,
+                 model.beam_search(encoded, limits, beam_size, n_best, alpha))
 
 
 def _train_state(hparams):
@@ -133,23 +139,21 @@ def build_training_graph(hparams, max_checkpoints=5):
 
 
 def build_inference_graph(hparams):
-  """The decoding graph: per bucket an encoder and a greedy decoder over it, one shared
-  decoder step."""
+  """The decoding graph: per bucket an encoder, its greedy decoder and its beam search."""
   graph = tf.Graph()
   with graph.as_default():
     model = Seq2SeqModel(hparams, cache_output_kernel=True)
     tf1.train.get_or_create_global_step()
-    greedy, encoders = [], []
+    greedy, beam = [], []
     for b, bucket in enumerate(hparams.buckets):
       with tf1.name_scope(f"bucket_{b}"):
         enc_inputs, lengths = encoder_placeholders(bucket)
         encoded = model.encode(enc_inputs, lengths, training=False)
-        encoders.append(EncoderOps(enc_inputs, lengths, encoded.memory, encoded.keys,
-                                   _flatten(encoded.states), model.initial_output(encoded)))
         greedy.append(greedy_ops(model, bucket, enc_inputs, lengths, encoded))
-    step = _step_ops(model)
+        with tf1.name_scope("beam"):
+          beam.append(beam_ops(model, enc_inputs, lengths, encoded))
     saver = tf1.train.Saver(tf1.global_variables())
-  return InferenceGraph(graph, model, greedy, encoders, step, saver)
+  return InferenceGraph(graph, model, greedy, beam, saver)
 
 
 def restore_inference(inference_graph, session, checkpoint):
@@ -157,27 +161,3 @@ def restore_inference(inference_graph, session, checkpoint):
   decoding-only cache of the transposed output projection."""
   inference_graph.saver.restore(session, checkpoint)
   session.run(inference_graph.model.refresh_output_kernel)
-
-
-def _step_ops(model):
-  hp = model.hp
-  per_layer = 2 if hp.cell == "lstm" else 1
-  with tf1.name_scope("step"):
-    tokens = tf1.placeholder(tf.int32, [None], "tokens")
-    output = tf1.placeholder(tf.float32, [None, hp.size], "output")
-    states = [tf1.placeholder(tf.float32, [None, hp.size], f"state_{i}")
-              for i in range(hp.num_layers * per_layer)]
-    memory = tf1.placeholder(tf.float32, [None, None, hp.size], "memory")
-    keys = tf1.placeholder(tf.float32, [None, None, hp.size], "keys")
-    lengths = tf1.placeholder(tf.int32, [None], "source_lengths")
-    encoded = EncoderOutput(memory, keys, mask_bias(lengths, tf.shape(memory)[1]), None)
-    layered = [tuple(states[l * per_layer:(l + 1) * per_layer]) for l in range(hp.num_layers)]
-    new_output, new_states = model.decoder_step(
-        model.embed_target(tokens[None])[0], output, layered, encoded)
-    log_probs = tf.nn.log_softmax(model.logits(new_output))
-  return StepOps(tokens, output, states, memory, keys, lengths, log_probs, new_output,
-                 _flatten(new_states))
-
-
-def _flatten(states):
-  return [tensor for layer in states for tensor in layer]

@@ -19,6 +19,7 @@ import collections
 
 import tensorflow as tf
 
+from seq2seq_buckets import beam_search
 from seq2seq_buckets.attention import Attention, mask_bias
 from seq2seq_buckets.cells import make_cell, read
 from seq2seq_buckets.gradients import apply_mask, weight_matmul
@@ -239,3 +240,19 @@ class Seq2SeqModel:
              tf.zeros([batch], tf.bool), tf.TensorArray(tf.int32, size=0, dynamic_size=True))
     ids = tf.while_loop(unfinished, step, start)[-1]
     return tf.transpose(ids.stack())
+
+  def beam_search(self, encoded, limits, beam_size, n_best, alpha):
+    """encoded: `encode` of n sentences; limits [n] int32: their most output pieces;
+    beam_size, n_best int32 scalars; alpha float32 scalar (GNMT length penalty) ->
+    beam_search.Found, the whole search one tf.while_loop (see beam_search.search)."""
+
+    def step(tokens, carried, fixed):
+      output, states = carried
+      memory, keys, bias = fixed
+      output, states = self.decoder_step(self.embed_target(tokens[None])[0], output, states,
+                                         EncoderOutput(memory, keys, bias, None))
+      return tf.nn.log_softmax(self.logits(output)), (output, states)
+
+    return beam_search.search(step, (self.initial_output(encoded), encoded.states),
+                              (encoded.memory, encoded.keys, encoded.mask_bias), limits,
+                              beam_size, n_best, alpha)

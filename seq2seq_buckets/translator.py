@@ -1,8 +1,8 @@
 """A trained model loaded once from its train_dir, translating lists of lines.
 
 Used by s2s-decode, s2s-evaluate --train_dir and the benchmark. Loading builds
-the inference graph (per bucket greedy decoder and encoder, one decoder step)
-and restores a checkpoint; every `translate` call then only runs it.
+the inference graph (per bucket an encoder, its greedy decoder and its beam
+search) and restores a checkpoint; every `translate` call then only runs it.
 """
 
 import collections
@@ -77,10 +77,8 @@ class Translator:
     self.graph = graphs.build_inference_graph(hp)
     with self.graph.graph.as_default():
       _check_checkpoint(self.checkpoint, tf1.global_variables())
-    top_k = decoding.add_top_k(self.graph)
     self.graph.graph.finalize()
     self.session = _restored_session(self.graph, self.checkpoint)
-    self.step_decoder = decoding.StepDecoder(self.session, self.graph, top_k, self.buckets)
 
   @property
   def max_source_pieces(self):
@@ -96,10 +94,10 @@ class Translator:
     batch_size counts sentences per session.run.
     """
     check_search(beam_size, length_penalty, max_length_ratio, n_best, batch_size)
-    sources = self.source_spm.encode(list(lines))
+    sources = vocab.encode_lines(self.source_spm, list(lines))
     found, truncated = self._decode(sources, beam_size, length_penalty, max_length_ratio, n_best,
                                     batch_size)
-    texts = iter(self.target_spm.decode([h.ids for line in found for h in line]))
+    texts = iter(vocab.decode_lines(self.target_spm, [h.ids for line in found for h in line]))
     hypotheses = [[Translated(next(texts), h.score) for h in line] for line in found]
     return Translations(hypotheses, [Truncation(i, len(sources[i])) for i in truncated])
 
@@ -115,8 +113,8 @@ class Translator:
           self.session, self.graph.greedy, self.buckets, sources, batch_size, max_length_ratio)
       return [[decoding.Hypothesis(ids, None)] for ids in outputs], truncated
     return decoding.beam_search(
-        self.step_decoder, sources, beam_size, batch_size, length_penalty=length_penalty,
-        n_best=n_best, max_length_ratio=max_length_ratio)
+        self.session, self.graph.beam, self.buckets, sources, beam_size, batch_size,
+        length_penalty=length_penalty, n_best=n_best, max_length_ratio=max_length_ratio)
 
   def close(self):
     self.session.close()

@@ -141,22 +141,30 @@ def test_options_train(overrides):
 
 
 def step_by_step(ig, session, batch, steps):
-  """Greedy ids [N, steps] through the bucket-2 encoder and the one-step decoder."""
-  enc = ig.encoders[2]
-  memory, keys, states, output = session.run(
-      [enc.memory, enc.keys, enc.states, enc.output],
-      {enc.encoder_inputs: batch.encoder_inputs, enc.source_lengths: batch.source_lengths})
-  tokens = np.full([len(batch.source_lengths)], GO_ID, np.int32)
+  """Greedy ids [N, steps] for a bucket-2 batch: the encoder run once, then one
+  session.run per decoder step (a one-step graph built here from the model's parts)."""
+  model, size = ig.model, ig.model.hp.size
+  with ig.graph.as_default():
+    inputs, lengths = graphs.encoder_placeholders(BUCKETS[2])
+    encoded = model.encode(inputs, lengths, training=False)
+    states = tf.nest.map_structure(lambda s: tf1.placeholder(tf.float32, [None, size]),
+                                   encoded.states)
+    tokens = tf1.placeholder(tf.int32, [None])
+    output = tf1.placeholder(tf.float32, [None, size])
+    new_output, new_states = model.decoder_step(model.embed_target(tokens[None])[0], output,
+                                                states, encoded)
+    log_probs = tf.nn.log_softmax(model.logits(new_output))
+    initial_output = model.initial_output(encoded)
+  encoder_feed = {inputs: batch.encoder_inputs, lengths: batch.source_lengths}
+  state_values, output_value = session.run([encoded.states, initial_output], encoder_feed)
+  token_values = np.full([len(batch.source_lengths)], GO_ID, np.int32)
   stepped = []
   for _ in range(steps):
-    step = ig.step
-    run_feed = {step.tokens: tokens, step.output: output, step.memory: memory, step.keys: keys,
-                step.source_lengths: batch.source_lengths}
-    run_feed.update(zip(step.states, states))
-    log_probs, output, states = session.run([step.log_probs, step.new_output, step.new_states],
-                                            run_feed)
-    tokens = log_probs.argmax(axis=1).astype(np.int32)
-    stepped.append(tokens)
+    feed = {**encoder_feed, tokens: token_values, output: output_value}
+    feed.update(zip(tf.nest.flatten(states), tf.nest.flatten(state_values)))
+    values, output_value, state_values = session.run([log_probs, new_output, new_states], feed)
+    token_values = values.argmax(axis=1).astype(np.int32)
+    stepped.append(token_values)
   return np.stack(stepped, axis=1)
 
 

@@ -1,0 +1,151 @@
+"""Beam search as one tf.while_loop: the whole search of a batch in one session.run.
+
+Shapes: n sentences, m of them still searching (the loop drops finished ones), k
+beam size, N = m * k decoder rows (row = sentence slot * k + beam), V target
+vocabulary, T = the most output pieces of any sentence (max of `limits`), t the
+step (pieces chosen so far).
+
+Each step extends every live beam and ranks a sentence's 2k best candidates.
+Those that end (EOS, or the sentence's limit reached) and rank above the k-th
+live one join the sentence's n_best finished hypotheses; the k best others stay
+live. A sentence stops when its n_best-th finished score is at least what any
+live beam can still reach (log-probs are <= 0, so a live beam at best keeps its
+score up to the limit), or at its limit. Stopped sentences leave the loop, so
+later steps run fewer rows. Scores are summed log-probs (of EOS too, when the
+hypothesis ended with it) divided by the GNMT length penalty
+((5 + length) / 6) ** alpha, length counting EOS.
+"""
+
+import collections
+
+import tensorflow as tf
+
+from seq2seq_buckets.vocab import EOS_ID, GO_ID
+
+tf1 = tf.compat.v1
+
+# Per sentence its n_best hypotheses, best first: ids [n, n_best, T] int32 (pieces
+# then EOS padding), lengths [n, n_best] int32 (pieces, EOS not counted), scores
+# [n, n_best] float32 (-inf where the search found fewer than n_best).
+Found = collections.namedtuple("Found", ["ids", "lengths", "scores"])
+# The live beams of m sentences: ids [m, k, t] int32, scores [m, k] float32 (summed
+# log-probs; -inf for a beam that does not exist).
+Live = collections.namedtuple("Live", ["ids", "scores"])
+
+NEG_INF = float("-inf")
+
+
+def length_penalty(length, alpha):
+  """GNMT length penalty ((5 + length) / 6) ** alpha; length int32 [...] -> float32 [...]."""
+  return tf.pow((5.0 + tf.cast(length, tf.float32)) / 6.0, alpha)
+
+
+def search(step, carried, fixed, limits, beam_size, n_best, alpha):
+  """Beam search for n sentences.
+
+  step(tokens [N] int32, carried, fixed) -> (log_probs [N, V] float32, carried):
+  one decoder step. carried: nested tensors [n, ...] that the step updates (they
+  follow each beam's parent); fixed: nested tensors [n, ...] it only reads (the
+  encoder memory). Both are given per sentence and tiled to k rows here.
+  limits [n] int32 >= 1: per sentence the most output pieces; beam_size, n_best
+  int32 scalars (1 <= n_best <= beam_size); alpha float32 scalar -> Found.
+  """
+  k = beam_size
+  n = tf.shape(limits)[0]
+  total_steps = tf.reduce_max(limits)
+  tile = lambda x: tf.gather(x, tf.repeat(tf.range(n), k))  # [n, ...] -> [n * k, ...]
+  first_beam_only = tf.concat([[0.0], tf.fill([k - 1], NEG_INF)], 0)
+
+  def body(t, tokens, carried, fixed, live, finished, active, limits, found):
+    log_probs, carried = step(tokens, carried, fixed)
+    cand_scores, parent, token = _best_extensions(live.scores, log_probs, k)
+    ends = tf.equal(token, EOS_ID) | (t + 1 >= limits)[:, None]
+    live_above = tf.cumsum(tf.cast(~ends, tf.int32), axis=1, exclusive=True)
+    usable = tf.math.is_finite(cand_scores) & (live_above < k)
+    paths = tf.concat([tf.gather(live.ids, parent, batch_dims=1), token[:, :, None]], 2)
+    ended = Found(paths, tf.where(tf.equal(token, EOS_ID), t, t + 1),
+                  tf.where(ends & usable, cand_scores / length_penalty(t + 1, alpha), NEG_INF))
+    finished = _merge(_pad_ids(finished, t + 1), ended, n_best)
+    live, parent = _first_live(usable & ~ends, cand_scores, parent, paths, k)
+    reachable = tf.reduce_max(live.scores, 1) / length_penalty(limits, alpha)
+    stay = (finished.scores[:, -1] < reachable) & (t + 1 < limits)
+    found = _write(found, ~stay, active, _pad_ids(finished, total_steps))
+    slots = tf.cast(tf.where(stay)[:, 0], tf.int32)
+    rows = tf.reshape(slots[:, None] * k + tf.gather(parent, slots), [-1])
+    carried = tf.nest.map_structure(lambda x: tf.gather(x, rows), carried)
+    fixed = tf.cond(tf.reduce_all(stay), lambda: fixed, lambda: tf.nest.map_structure(
+        lambda x: tf.gather(x, tf.repeat(slots * k, k)), fixed))
+    keep = lambda s: tf.gather(s, slots)
+    return (t + 1, tf.reshape(keep(live.ids[:, :, -1]), [-1]), carried, fixed, tf.nest.map_structure(keep, live),
+            tf.nest.map_structure(keep, finished), keep(active), keep(limits), found)
+
+  def searching(unused_t, tokens, *unused):
+    return tf.size(tokens) > 0
+
+  live = Live(tf.zeros([n, k, 0], tf.int32), tf.tile(first_beam_only[None], [n, 1]))
+  finished = Found(tf.zeros([n, n_best, 0], tf.int32), tf.zeros([n, n_best], tf.int32),
+                   tf.fill([n, n_best], NEG_INF))
+  found = Found(tf.fill([n, n_best, total_steps], EOS_ID), tf.zeros([n, n_best], tf.int32),
+                tf.fill([n, n_best], NEG_INF))
+  start = (tf.constant(0), tf.fill([n * k], GO_ID), tf.nest.map_structure(tile, carried),
+           tf.nest.map_structure(tile, fixed), live, finished, tf.range(n), limits, found)
+  any_rows = lambda x: tf.TensorShape([None]).concatenate(x.shape[1:])
+  invariants = (tf.TensorShape([]), tf.TensorShape([None]),
+                tf.nest.map_structure(any_rows, start[2]),
+                tf.nest.map_structure(any_rows, start[3]),
+                Live(tf.TensorShape([None, None, None]), tf.TensorShape([None, None])),
+                Found(tf.TensorShape([None, None, None]), tf.TensorShape([None, None]),
+                      tf.TensorShape([None, None])),
+                tf.TensorShape([None]), tf.TensorShape([None]),
+                tf.nest.map_structure(lambda x: x.shape, found))
+  return tf.while_loop(searching, body, start, shape_invariants=invariants)[-1]
+
+
+def _best_extensions(scores, log_probs, k):
+  """The 2k best one-piece extensions of each sentence's beams, best first.
+
+  scores [m, k] float32 (live beam scores, -inf for none); log_probs [m * k, V] ->
+  (scores, parent beam, piece), each [m, C], C = min(2k, k * min(2k, V)). A
+  sentence's 2k best extensions are among its beams' 2k best each.
+  """
+  m = tf.shape(scores)[0]
+  per_row = tf.minimum(2 * k, tf.shape(log_probs)[1])
+  row_scores, row_pieces = tf.math.top_k(log_probs, per_row)  # [m * k, c]
+  total = tf.reshape(scores[:, :, None] + tf.reshape(row_scores, [m, k, per_row]), [m, -1])
+  cand_scores, position = tf.math.top_k(total, tf.minimum(2 * k, k * per_row))
+  piece = tf.gather(tf.reshape(row_pieces, [m, -1]), position, batch_dims=1)
+  return cand_scores, position // per_row, piece
+
+
+def _first_live(keep, cand_scores, parent, paths, k):
+  """The first k candidates with `keep` set, per sentence (keep, cand_scores, parent
+  [m, C]; paths [m, C, t]) -> (Live beams [m, k] (score -inf where fewer than k are
+  kept), their parents [m, k])."""
+  position = tf.range(tf.shape(keep)[1])[None]
+  _, pick = tf.math.top_k(tf.where(keep, -position, -position - tf.shape(keep)[1]), k)
+  take = lambda x: tf.gather(x, pick, batch_dims=1)
+  scores = tf.where(take(keep), take(cand_scores), NEG_INF)
+  return Live(take(paths), scores), take(parent)
+
+
+def _pad_ids(found, steps):
+  """found with ids [m, j, t] padded with EOS to [m, j, steps]."""
+  pad = steps - tf.shape(found.ids)[2]
+  return found._replace(ids=tf.pad(found.ids, [[0, 0], [0, 0], [0, pad]],
+                                   constant_values=EOS_ID))
+
+
+def _merge(finished, ended, n_best):
+  """The n_best best of finished (j = n_best) and ended (j = C) hypotheses [m, j, ...],
+  best first; on equal scores the earlier found stays first."""
+  scores, best = tf.math.top_k(tf.concat([finished.scores, ended.scores], 1), n_best)
+  take = lambda a, b: tf.gather(tf.concat([a, b], 1), best, batch_dims=1)
+  return Found(take(finished.ids, ended.ids), take(finished.lengths, ended.lengths), scores)
+
+
+def _write(found, done, active, finished):
+  """found [n, ...] with the rows active[done] set to finished[done] ([m, ...])."""
+  where = tf.where(done)
+  index = tf.gather_nd(active, where)[:, None]
+  return Found(*[tf.tensor_scatter_nd_update(out, index, tf.gather_nd(new, where))
+                 for out, new in zip(found, finished)])
