@@ -251,7 +251,7 @@ class Seq2SeqModel:
       memory, keys, bias = fixed
       output, states = self.decoder_step(self.embed_target(tokens[None])[0], output, states,
                                          EncoderOutput(memory, keys, bias, None))
-      return tf.nn.log_softmax(self.logits(output)), (output, states)
+      return self.logits(output), (output, states)
 
     return beam_search.search(step, (self.initial_output(encoded), encoded.states),
                               (encoded.memory, encoded.keys, encoded.mask_bias), limits,
