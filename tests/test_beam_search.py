@@ -176,3 +176,13 @@ def test_limits_cut_hypotheses_without_eos():
   model = scripted({(): {4: 0.9}, (4,): {4: 0.9}, (4, 4): {4: 0.9}})
   (found,), _ = model.search([0], [2], beam_size=2, n_best=2, alpha=0.0)
   assert found[0] == ([4, 4], pytest.approx(math.log(0.81)))  # no EOS counted at the limit
+
+
+@pytest.mark.parametrize("vocab,count", [(250, 10), (1000, 3), (130, 130), (7, 4), (300, 1)])
+def test_top_pieces_equal_top_k_over_the_whole_row(vocab, count):
+  log_probs = np.random.default_rng(vocab).normal(size=[6, vocab]).astype(np.float32)
+  with tf.Graph().as_default(), tf1.Session() as session:
+    values, ids = session.run(beam_search._top_pieces(tf.constant(log_probs), count))
+    expected = session.run(tf.math.top_k(log_probs, count))
+  np.testing.assert_array_equal(values, expected.values)
+  np.testing.assert_array_equal(ids, expected.indices)
