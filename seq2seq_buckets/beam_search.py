@@ -20,6 +20,7 @@ import collections
 
 import tensorflow as tf
 
+from seq2seq_buckets.gradients import graph_constant
 from seq2seq_buckets.vocab import EOS_ID, GO_ID
 
 tf1 = tf.compat.v1
@@ -28,8 +29,8 @@ tf1 = tf.compat.v1
 # then EOS padding), lengths [n, n_best] int32 (pieces, EOS not counted), scores
 # [n, n_best] float32 (-inf where the search found fewer than n_best).
 Found = collections.namedtuple("Found", ["ids", "lengths", "scores"])
-# The live beams of m sentences: ids [m, k, t] int32, scores [m, k] float32 (summed
-# log-probs; -inf for a beam that does not exist).
+# The live beams of m sentences: ids [m, k, T] int32 (t pieces, then EOS), scores
+# [m, k] float32 (summed log-probs; -inf for a beam that does not exist).
 Live = collections.namedtuple("Live", ["ids", "scores"])
 
 NEG_INF = float("-inf")
@@ -53,53 +54,53 @@ def search(step, carried, fixed, limits, beam_size, n_best, alpha):
   int32 scalars (1 <= n_best <= beam_size); alpha float32 scalar -> Found.
   """
   k = beam_size
-  n = tf.shape(limits)[0]
+  n = tf.size(limits)
   total_steps = tf.reduce_max(limits)
-  tile = lambda x: tf.gather(x, tf.repeat(tf.range(n), k))  # [n, ...] -> [n * k, ...]
-  first_beam_only = tf.concat([[0.0], tf.fill([k - 1], NEG_INF)], 0)
+  columns = tf.range(total_steps)  # [T]
 
   def body(t, tokens, carried, fixed, live, finished, active, limits, found):
     logits, carried = step(tokens, carried, fixed)
     cand_scores, parent, token = _best_extensions(live.scores, logits, k)
-    ends = tf.equal(token, EOS_ID) | (t + 1 >= limits)[:, None]
-    live_above = tf.cumsum(tf.cast(~ends, tf.int32), axis=1, exclusive=True)
+    is_eos = tf.equal(token, EOS_ID)
+    ends = is_eos | _expand(t + 1 >= limits, 1)
+    live_above = tf.cumsum(tf.cast(~ends, tf.int32), axis=graph_constant(1), exclusive=True)
     usable = tf.math.is_finite(cand_scores) & (live_above < k)
-    paths = tf.concat([tf.gather(live.ids, parent, batch_dims=1), token[:, :, None]], 2)
-    ended = Found(paths, tf.where(tf.equal(token, EOS_ID), t, t + 1),
+    paths = tf.where(tf.equal(columns, t), _expand(token, 2), _take_each(live.ids, parent))
+    ended = Found(paths, tf.where(is_eos, t, t + 1),
                   tf.where(ends & usable, cand_scores / length_penalty(t + 1, alpha), NEG_INF))
-    finished = _merge(_pad_ids(finished, t + 1), ended, n_best)
-    live, parent = _first_live(usable & ~ends, cand_scores, parent, paths, k)
-    reachable = tf.reduce_max(live.scores, 1) / length_penalty(limits, alpha)
-    stay = (finished.scores[:, -1] < reachable) & (t + 1 < limits)
-    found = _write(found, ~stay, active, _pad_ids(finished, total_steps))
-    slots = tf.cast(tf.where(stay)[:, 0], tf.int32)
-    rows = tf.reshape(slots[:, None] * k + tf.gather(parent, slots), [-1])
-    carried = tf.nest.map_structure(lambda x: tf.gather(x, rows), carried)
-    fixed = tf.cond(tf.reduce_all(stay), lambda: fixed, lambda: tf.nest.map_structure(
-        lambda x: tf.gather(x, tf.repeat(slots * k, k)), fixed))
-    keep = lambda s: tf.gather(s, slots)
-    return (t + 1, tf.reshape(keep(live.ids[:, :, -1]), [-1]), carried, fixed, tf.nest.map_structure(keep, live),
-            tf.nest.map_structure(keep, finished), keep(active), keep(limits), found)
+    finished = _merge(finished, ended, n_best)
+    live, parent, token = _first_live(usable & ~ends, cand_scores, parent, token, paths, k)
+    reachable = tf.reduce_max(live.scores, graph_constant(1)) / length_penalty(limits, alpha)
+    # finished scores are sorted: the smallest is the n_best-th
+    stay = (tf.reduce_min(finished.scores, graph_constant(1)) < reachable) & (t + 1 < limits)
+    found = _write(found, ~stay, active, finished)
+    slots = tf.cast(tf.reshape(tf.where(stay), graph_constant((-1,))), tf.int32)
+    first_row = _expand(slots * k, 1)
+    rows = tf.reshape(first_row + _take(parent, slots), graph_constant((-1,)))
+    carried = tf.nest.map_structure(lambda x: _take(x, rows), carried)
+    fixed_rows = tf.reshape(first_row + tf.range(k), graph_constant((-1,)))  # alike rows
+    fixed = tf.cond(tf.reduce_all(stay), lambda: fixed,
+                    lambda: tf.nest.map_structure(lambda x: _take(x, fixed_rows), fixed))
+    keep = lambda x: _take(x, slots)
+    return (t + 1, tf.reshape(keep(token), graph_constant((-1,))), carried, fixed,
+            tf.nest.map_structure(keep, live), tf.nest.map_structure(keep, finished),
+            keep(active), keep(limits), found)
 
   def searching(unused_t, tokens, *unused):
     return tf.size(tokens) > 0
 
-  live = Live(tf.zeros([n, k, 0], tf.int32), tf.tile(first_beam_only[None], [n, 1]))
-  finished = Found(tf.zeros([n, n_best, 0], tf.int32), tf.zeros([n, n_best], tf.int32),
-                   tf.fill([n, n_best], NEG_INF))
+  first_beam_only = tf.concat([[0.0], tf.fill([k - 1], NEG_INF)], 0)
+  live = Live(tf.fill([n, k, total_steps], EOS_ID), tf.tile([first_beam_only], [n, 1]))
   found = Found(tf.fill([n, n_best, total_steps], EOS_ID), tf.zeros([n, n_best], tf.int32),
                 tf.fill([n, n_best], NEG_INF))
+  tile = lambda x: _take(x, tf.range(n * k) // k)  # [n, ...] -> [n * k, ...]
   start = (tf.constant(0), tf.fill([n * k], GO_ID), tf.nest.map_structure(tile, carried),
-           tf.nest.map_structure(tile, fixed), live, finished, tf.range(n), limits, found)
+           tf.nest.map_structure(tile, fixed), live, found, tf.range(n), limits, found)
   any_rows = lambda x: tf.TensorShape([None]).concatenate(x.shape[1:])
+  any_shape = lambda x: tf.TensorShape([None] * x.shape.rank)
   invariants = (tf.TensorShape([]), tf.TensorShape([None]),
-                tf.nest.map_structure(any_rows, start[2]),
-                tf.nest.map_structure(any_rows, start[3]),
-                Live(tf.TensorShape([None, None, None]), tf.TensorShape([None, None])),
-                Found(tf.TensorShape([None, None, None]), tf.TensorShape([None, None]),
-                      tf.TensorShape([None, None])),
-                tf.TensorShape([None]), tf.TensorShape([None]),
-                tf.nest.map_structure(lambda x: x.shape, found))
+                *[tf.nest.map_structure(any_rows, part) for part in start[2:4]],
+                *[tf.nest.map_structure(any_shape, part) for part in start[4:]])
   return tf.while_loop(searching, body, start, shape_invariants=invariants)[-1]
 
 
@@ -110,12 +111,13 @@ def _best_extensions(scores, logits, k):
   (scores, parent beam, piece), each [m, C], C = min(2k, k * min(2k, V)). A
   sentence's 2k best extensions are among its beams' 2k best each.
   """
-  m = tf.shape(scores)[0]
   per_row = tf.minimum(2 * k, logits.shape[1])
   row_scores, row_pieces = _top_pieces(tf.nn.log_softmax(logits), per_row)  # [m * k, c]
-  total = tf.reshape(scores[:, :, None] + tf.reshape(row_scores, [m, k, per_row]), [m, -1])
-  cand_scores, position = tf.math.top_k(total, tf.minimum(2 * k, k * per_row))
-  piece = tf.gather(tf.reshape(row_pieces, [m, -1]), position, batch_dims=1)
+  total = _expand(scores, 2) + tf.reshape(row_scores, tf.stack([-1, k, per_row]))
+  by_sentence = tf.stack([-1, k * per_row])
+  cand_scores, position = tf.math.top_k(tf.reshape(total, by_sentence),
+                                        tf.minimum(2 * k, k * per_row))
+  piece = _take_each(tf.reshape(row_pieces, by_sentence), position)
   return cand_scores, position // per_row, piece
 
 
@@ -128,47 +130,58 @@ def _top_pieces(log_probs, count):
   columns only: 3x faster than top_k over [320, 8000] here, same result (equal
   values may come out in another order).
   """
-  n, vocab = tf.shape(log_probs)[0], log_probs.shape[1]
+  vocab = log_probs.shape[1]
   blocks = -(-vocab // BLOCK)
   if blocks * BLOCK != vocab:
     log_probs = tf.pad(log_probs, [[0, 0], [0, blocks * BLOCK - vocab]],
                        constant_values=NEG_INF)
-  by_block = tf.reshape(log_probs, [n, blocks, BLOCK])
-  _, top_blocks = tf.math.top_k(tf.reduce_max(by_block, 2), tf.minimum(count, blocks))
-  columns = tf.reshape(tf.gather(by_block, top_blocks, batch_dims=1), [n, -1])
+  by_block = tf.reshape(log_probs, graph_constant((-1, blocks, BLOCK)))
+  top = tf.minimum(count, blocks)
+  _, top_blocks = tf.math.top_k(tf.reduce_max(by_block, graph_constant(2)), top)
+  columns = tf.reshape(_take_each(by_block, top_blocks), tf.stack([-1, top * BLOCK]))
   values, position = tf.math.top_k(columns, count)
-  return values, tf.gather(top_blocks, position // BLOCK, batch_dims=1) * BLOCK + position % BLOCK
+  return values, _take_each(top_blocks, position // BLOCK) * BLOCK + position % BLOCK
 
 
-def _first_live(keep, cand_scores, parent, paths, k):
-  """The first k candidates with `keep` set, per sentence (keep, cand_scores, parent
-  [m, C]; paths [m, C, t]) -> (Live beams [m, k] (score -inf where fewer than k are
-  kept), their parents [m, k])."""
-  position = tf.range(tf.shape(keep)[1])[None]
-  _, pick = tf.math.top_k(tf.where(keep, -position, -position - tf.shape(keep)[1]), k)
-  take = lambda x: tf.gather(x, pick, batch_dims=1)
+def _first_live(keep, cand_scores, parent, token, paths, k):
+  """The first k candidates with `keep` set, per sentence (keep, cand_scores, parent,
+  token [m, C]; paths [m, C, T]) -> (Live beams [m, k] (score -inf where fewer than k
+  are kept), their parents and last pieces [m, k])."""
+  count = tf.shape(keep)[1]
+  position = tf.range(count)
+  _, pick = tf.math.top_k(tf.where(keep, -position, -position - count), k)
+  take = lambda x: _take_each(x, pick)
   scores = tf.where(take(keep), take(cand_scores), NEG_INF)
-  return Live(take(paths), scores), take(parent)
+  return Live(take(paths), scores), take(parent), take(token)
 
 
-def _pad_ids(found, steps):
-  """found with ids [m, j, t] padded with EOS to [m, j, steps]."""
-  pad = steps - tf.shape(found.ids)[2]
-  return found._replace(ids=tf.pad(found.ids, [[0, 0], [0, 0], [0, pad]],
-                                   constant_values=EOS_ID))
+def _take(x, index):
+  """x [m, ...], index [j] -> x[index] [j, ...]."""
+  return tf.gather(x, index, axis=graph_constant(0))
+
+
+def _take_each(x, index):
+  """x [m, C, ...], index [m, j] -> [m, j, ...]: each row its own entries."""
+  return tf.gather(x, index, axis=graph_constant(1), batch_dims=1)
+
+
+def _expand(x, axis):
+  """x with a new axis of size 1 at `axis`."""
+  return tf.expand_dims(x, graph_constant(axis))
 
 
 def _merge(finished, ended, n_best):
   """The n_best best of finished (j = n_best) and ended (j = C) hypotheses [m, j, ...],
   best first; on equal scores the earlier found stays first."""
-  scores, best = tf.math.top_k(tf.concat([finished.scores, ended.scores], 1), n_best)
-  take = lambda a, b: tf.gather(tf.concat([a, b], 1), best, batch_dims=1)
+  both = lambda a, b: tf.concat([a, b], graph_constant(1))
+  scores, best = tf.math.top_k(both(finished.scores, ended.scores), n_best)
+  take = lambda a, b: _take_each(both(a, b), best)
   return Found(take(finished.ids, ended.ids), take(finished.lengths, ended.lengths), scores)
 
 
 def _write(found, done, active, finished):
   """found [n, ...] with the rows active[done] set to finished[done] ([m, ...])."""
   where = tf.where(done)
-  index = tf.gather_nd(active, where)[:, None]
-  return Found(*[tf.tensor_scatter_nd_update(out, index, tf.gather_nd(new, where))
+  index = tf.gather_nd(active, where)
+  return Found(*[tf.tensor_scatter_nd_update(out, _expand(index, 1), tf.gather_nd(new, where))
                  for out, new in zip(found, finished)])
