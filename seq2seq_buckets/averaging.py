@@ -21,10 +21,9 @@ AVERAGED_DIR = "averaged"
 
 def recent_checkpoints(train_dir, last):
   """The newest `last` checkpoint prefixes of train_dir, oldest first."""
-  state = tf.train.get_checkpoint_state(train_dir)
-  paths = list(state.all_model_checkpoint_paths) if state else []
-  paths = [p if os.path.isabs(p) else os.path.join(train_dir, p) for p in paths]
-  paths = [p for p in paths if os.path.isfile(p + ".index")]
+  state = tf.train.get_checkpoint_state(train_dir)  # relative paths come joined to train_dir
+  paths = [p for p in (state.all_model_checkpoint_paths if state else [])
+           if os.path.isfile(p + ".index")]
   if not paths:
     raise UserError(f"{train_dir}: no checkpoint yet; train a model there with s2s-train")
   return paths[-last:]
@@ -54,7 +53,7 @@ def average(train_dir, last=3, out_dir=None):
       initial = tf1.placeholder(tf.as_dtype(value.dtype), value.shape)
       variables.append(tf1.Variable(initial, name=name))
       feeds[initial] = value
-    saver = tf1.train.Saver(variables, max_to_keep=1)
+    saver = tf1.train.Saver(variables, max_to_keep=1, save_relative_paths=True)
     with tf1.Session(graph=graph) as session:
       session.run(tf1.global_variables_initializer(), feeds)
       saved = saver.save(session, os.path.join(out_dir, trainer.CHECKPOINT_PREFIX),

@@ -134,7 +134,8 @@ def build_training_graph(hparams, max_checkpoints=5):
       buckets.append(BucketTrainOps(inputs, loss.loss, loss.nll_sum, loss.tokens, grad_norm,
                                     update, greedy))
     init = tf1.global_variables_initializer()
-    saver = tf1.train.Saver(max_to_keep=max_checkpoints)
+    # relative paths in the checkpoint file: a train_dir can be moved or copied
+    saver = tf1.train.Saver(max_to_keep=max_checkpoints, save_relative_paths=True)
   return TrainingGraph(graph, model, buckets, state, init, saver)
 
 

@@ -181,7 +181,7 @@ def train(*, data_dir, train_dir, overrides, options, log=print):
   sizes = [b["pairs"] for b in manifest["buckets"]]
   with tg.graph.as_default():
     nexts = train_batches(manifest, data_dir, hp)
-    best_saver = tf1.train.Saver(max_to_keep=1)
+    best_saver = tf1.train.Saver(max_to_keep=1, save_relative_paths=True)
   tg.graph.finalize()
   dev_batches = _read_dev_batches(manifest, data_dir, hp.batch_size)
   log(f"built {len(hp.buckets)} bucket graphs in {time.time() - start:.1f}s")

@@ -10,15 +10,16 @@ import tensorflow as tf
 from seq2seq_buckets import averaging
 
 
-def run(args):
-  return subprocess.run(args, capture_output=True, text=True, timeout=600)
+def run(args, **kwargs):
+  return subprocess.run(args, capture_output=True, text=True, timeout=600, **kwargs)
 
 
-def test_average_of_the_last_checkpoints_decodes(trained_copy, tmp_path):
-  train_dir = str(tmp_path / "train")
-  shutil.copytree(trained_copy, train_dir)
+def test_average_of_the_last_checkpoints_decodes(trained_copy, tmp_path, monkeypatch):
+  shutil.copytree(trained_copy, tmp_path / "train")
+  monkeypatch.chdir(tmp_path)
+  train_dir = "train"  # relative, as the quick start gives it
   paths = averaging.recent_checkpoints(train_dir, 2)
-  assert len(paths) == 2
+  assert len(paths) == 2 and all(p.startswith(os.path.join(train_dir, "")) for p in paths)
   result = run(["s2s-average", f"--train_dir={train_dir}", "--last=2"])
   assert result.returncode == 0, result.stderr
   assert "averaged 2 checkpoints" in result.stderr
