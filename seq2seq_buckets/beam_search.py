@@ -23,8 +23,6 @@ import tensorflow as tf
 from seq2seq_buckets.gradients import graph_constant
 from seq2seq_buckets.vocab import EOS_ID, GO_ID
 
-tf1 = tf.compat.v1
-
 # Per sentence its n_best hypotheses, best first: ids [n, n_best, T] int32 (pieces
 # then EOS padding), lengths [n, n_best] int32 (pieces, EOS not counted), scores
 # [n, n_best] float32 (-inf where the search found fewer than n_best).
@@ -94,6 +92,7 @@ def search(step, carried, fixed, limits, beam_size, n_best, alpha):
   found = Found(tf.fill([n, n_best, total_steps], EOS_ID), tf.zeros([n, n_best], tf.int32),
                 tf.fill([n, n_best], NEG_INF))
   tile = lambda x: _take(x, tf.range(n * k) // k)  # [n, ...] -> [n * k, ...]
+  # `finished` starts as `found` does: no hypothesis yet
   start = (tf.constant(0), tf.fill([n * k], GO_ID), tf.nest.map_structure(tile, carried),
            tf.nest.map_structure(tile, fixed), live, found, tf.range(n), limits, found)
   any_rows = lambda x: tf.TensorShape([None]).concatenate(x.shape[1:])
