@@ -3,8 +3,9 @@
 Training graph: per bucket a placeholder BatchedInput, its loss, update op and
 gradient norm (dev loss: the same loss with model.dropout_rate fed 0.0) and a
 greedy decoder (a while loop over the decoder step). Inference graph: per bucket
-an encoder with a greedy decoder and a beam search over it (each one while
-loop). Train and inference share weights through checkpoints.
+an encoder with a greedy decoder (a while loop) and a call of the beam search (one
+while loop, traced once for all buckets). Train and inference share weights
+through checkpoints.
 """
 
 import collections

@@ -169,6 +169,13 @@ class Seq2SeqModel:
     """outputs [N, H] -> logits [N, V]."""
     return weight_matmul(outputs, self.output_kernel) + self.output_bias
 
+  def next_logits(self, tokens, previous_output, states, encoded):
+    """A decoding step (no dropout) from the previous pieces tokens [N] int32 ->
+    (logits [N, V] of the next piece, attentional output [N, H], new states)."""
+    output, states = self.decoder_step(self.embed_target(tokens[None])[0], previous_output,
+                                       states, encoded)
+    return self.logits(output), output, states
+
   def initial_output(self, encoded):
     """Zeros [B, H]: the 'previous attentional output' of the first decoder step."""
     return tf.zeros_like(encoded.memory[:, 0, :])
@@ -228,9 +235,8 @@ class Seq2SeqModel:
     batch = tf.shape(encoded.memory)[0]
 
     def step(t, token, output, states, finished, ids):
-      output, states = self.decoder_step(self.embed_target(token[None])[0], output, states,
-                                         encoded)
-      token = tf.argmax(self.logits(output), axis=1, output_type=tf.int32)
+      logits, output, states = self.next_logits(token, output, states, encoded)
+      token = tf.argmax(logits, axis=1, output_type=tf.int32)
       token = tf.where(finished, tf.fill([batch], EOS_ID), token)
       return t + 1, token, output, states, finished | tf.equal(token, EOS_ID), ids.write(t, token)
 
@@ -257,7 +263,7 @@ class Seq2SeqModel:
                     tf.TensorSpec([None, None])),
                    (tf.TensorSpec([None, size]), tf.nest.map_structure(rows, encoded.states)),
                    tf.TensorSpec([None], tf.int32), tf.TensorSpec([], tf.int32),
-                    tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.float32)]
+                   tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.float32)]
       self._beam_function = tf.function(self._beam_search, input_signature=signature,
                                         autograph=False)
     return beam_search.Found(*self._beam_function(
@@ -269,10 +275,7 @@ class Seq2SeqModel:
     carried: (previous output, states)."""
 
     def step(tokens, carried, fixed):
-      output, states = carried
-      memory, keys, bias = fixed
-      output, states = self.decoder_step(self.embed_target(tokens[None])[0], output, states,
-                                         EncoderOutput(memory, keys, bias, None))
-      return self.logits(output), (output, states)
+      logits, output, states = self.next_logits(tokens, *carried, EncoderOutput(*fixed, None))
+      return logits, (output, states)
 
     return tuple(beam_search.search(step, carried, fixed, limits, beam_size, n_best, alpha))
