@@ -90,18 +90,24 @@ def _lstm_step_grad(op, h_grad, cs_grad, *unused_grads):
   cs_prev_grad, dicfo, _, _, _ = tf.raw_ops.LSTMBlockCellGrad(
       x=x, cs_prev=cs_prev, h_prev=h_prev, w=w, wci=wci, wcf=wcf, wco=wco, b=b, i=i, cs=cs,
       f=f, o=o, ci=ci, co=co, cs_grad=cs_grad, h_grad=h_grad, use_peephole=False)
-  one = graph_constant(1)
   inputs = op.inputs[6:]
   sizes = tuple(t.shape[1] for t in inputs) + (h_prev.shape[1],)
   *input_grads, h_prev_grad = tf.split(tf.matmul(dicfo, transposed(w)),
-                                       graph_constant(sizes), axis=one)
+                                       graph_constant(sizes), axis=graph_constant(1))
   if _layer_steps is not None:
     kernel = _handle(w)
     _layer_steps.setdefault(kernel.ref(), (kernel, _handle(b), []))[2].append((x, h_prev, dicfo))
     return [None, None, cs_prev_grad, h_prev_grad, None, None] + input_grads
-  w_grad = tf.matmul(tf.concat([x, h_prev], one), dicfo, transpose_a=True)
-  b_grad = tf.reduce_sum(dicfo, axis=graph_constant(0))
-  return [None, None, cs_prev_grad, h_prev_grad, w_grad, b_grad] + input_grads
+  return [None, None, cs_prev_grad, h_prev_grad,
+          *_lstm_weight_grads(x, h_prev, dicfo)] + input_grads
+
+
+def _lstm_weight_grads(x, h_prev, dicfo):
+  """LSTM kernel and bias gradients from N rows (one step's, or all steps'): x [N, in],
+  h_prev [N, units], dicfo [N, 4*units] -> ([in + units, 4*units], [4*units])."""
+  inputs = tf.concat([x, h_prev], graph_constant(1))
+  return (tf.matmul(inputs, dicfo, transpose_a=True),
+          tf.reduce_sum(dicfo, axis=graph_constant(0)))
 
 
 # While `gradients` runs: {kernel handle ref: (kernel handle, bias handle, [(x, h_prev,
@@ -161,9 +167,9 @@ def gradients(loss, variables):
   changes for LSTM steps.
 
   Each layer's kernel and bias gradients are one matmul and one sum over all its
-  steps ([T*B, in + units] x [T*B, 4*units]), not two ops per step: one [B]-deep
-  matmul per step ran ~6% slower on a whole training step of the (13, 14)
-  bucket and ~10% on the (46, 53) one. And IdentityN outputs without a gradient
+  steps ([T*B, in + units]^T x [T*B, 4*units]), not two ops per step: with one
+  [B]-deep matmul per step, whole training steps of the reference model ran ~6%
+  slower on its (13, 14) to (25, 28) buckets and 7-11% on (46, 53) (A/B runs). And IdentityN outputs without a gradient
   get no zeros (TensorFlow's optimize_identity_n), which would add five ZerosLike
   ops per step for the cell outputs it does not use.
   """
@@ -179,19 +185,13 @@ def gradients(loss, variables):
   # variables may hold tensors too (inputs to differentiate by)
   position = {getattr(v, "handle", v).ref(): i for i, v in enumerate(variables)}
 
-  def add(handle, grad):
-    i = position[handle.ref()]
-    grads[i] = grad if grads[i] is None else grads[i] + grad
-
   zero = graph_constant(0)
   for kernel, bias, steps in layers.values():
-    xs, hs, dicfos = zip(*steps)
-    dicfo = tf.concat(dicfos, zero)  # [T*B, 4*units]
-    if kernel.ref() in position:
-      inputs = tf.concat([tf.concat(xs, zero), tf.concat(hs, zero)], graph_constant(1))
-      add(kernel, tf.matmul(inputs, dicfo, transpose_a=True))
-    if bias.ref() in position:
-      add(bias, tf.reduce_sum(dicfo, axis=zero))
+    stacked = [tf.concat(parts, zero) for parts in zip(*steps)]  # x, h_prev, dicfo [T*B, ...]
+    for handle, grad in zip((kernel, bias), _lstm_weight_grads(*stacked)):
+      i = position.get(handle.ref())
+      if i is not None:
+        grads[i] = grad if grads[i] is None else grads[i] + grad
   return grads
 
 
