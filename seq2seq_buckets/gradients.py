@@ -5,15 +5,14 @@ so the op count of the unrolled graphs is their build time. This module holds
 what cuts it:
 
 - the LSTM step gradient (see `cells.LSTMCell.step`): LSTMBlockCellGrad plus
-  matmuls, registered for the IdentityN that ends each step; under `gradients`,
-  one weight-gradient matmul per layer over all its steps;
+  matmuls, registered for the IdentityN that ends each step;
 - the LSTM sequence gradient (see `cells.LSTMCell.sequence`, the encoder's one
   BlockLSTM op per layer): LSTMBlockCellGrad and the recurrent matmul per step,
   the input and weight gradients as one matmul over all steps;
 - `transposed`, `weight_matmul`: backprop multiplies by a transposed copy of each
   kernel made once per graph, as MatMul with transpose_b is 2-3x slower here;
-- `gradients`: tf.gradients with those per-layer weight gradients and without
-  zeros for IdentityN outputs that get no gradient (TensorFlow's optimize_identity_n).
+- `gradients`: tf.gradients without zeros for IdentityN outputs that get no
+  gradient (TensorFlow's optimize_identity_n).
 - `apply_mask`, `add_across_positions`, `plain_einsum`: a Mul, a broadcasting
   AddV2 and a two-operand Einsum with one-op gradients where TensorFlow's
   general ones add shape, reshape and constant ops.
@@ -78,9 +77,7 @@ def _lstm_step_grad(op, h_grad, cs_grad, *unused_grads):
   so TensorFlow never differentiates the cell op or the concat of its inputs itself.
 
   dicfo [B, 4*units] from LSTMBlockCellGrad is the gradient of the gate
-  pre-activations; matmuls give the input, recurrent and weight gradients. Under
-  `gradients` the weight and bias gradients are left out here and made for all
-  the steps of a layer at once.
+  pre-activations; matmuls give the input, recurrent and weight gradients.
   """
   cell = op.inputs[0].op
   x, cs_prev, h_prev, w, wci, wcf, wco, b = cell.inputs
@@ -90,34 +87,14 @@ def _lstm_step_grad(op, h_grad, cs_grad, *unused_grads):
   cs_prev_grad, dicfo, _, _, _ = tf.raw_ops.LSTMBlockCellGrad(
       x=x, cs_prev=cs_prev, h_prev=h_prev, w=w, wci=wci, wcf=wcf, wco=wco, b=b, i=i, cs=cs,
       f=f, o=o, ci=ci, co=co, cs_grad=cs_grad, h_grad=h_grad, use_peephole=False)
+  one = graph_constant(1)
   inputs = op.inputs[6:]
   sizes = tuple(t.shape[1] for t in inputs) + (h_prev.shape[1],)
   *input_grads, h_prev_grad = tf.split(tf.matmul(dicfo, transposed(w)),
-                                       graph_constant(sizes), axis=graph_constant(1))
-  if _layer_steps is not None:
-    kernel = _handle(w)
-    _layer_steps.setdefault(kernel.ref(), (kernel, _handle(b), []))[2].append((x, h_prev, dicfo))
-    return [None, None, cs_prev_grad, h_prev_grad, None, None] + input_grads
-  return [None, None, cs_prev_grad, h_prev_grad,
-          *_lstm_weight_grads(x, h_prev, dicfo)] + input_grads
-
-
-def _lstm_weight_grads(x, h_prev, dicfo):
-  """LSTM kernel and bias gradients from N rows (one step's, or all steps'): x [N, in],
-  h_prev [N, units], dicfo [N, 4*units] -> ([in + units, 4*units], [4*units])."""
-  inputs = tf.concat([x, h_prev], graph_constant(1))
-  return (tf.matmul(inputs, dicfo, transpose_a=True),
-          tf.reduce_sum(dicfo, axis=graph_constant(0)))
-
-
-# While `gradients` runs: {kernel handle ref: (kernel handle, bias handle, [(x, h_prev,
-# dicfo) of each step])}, what each LSTM layer's weight gradients are made from.
-_layer_steps = None
-
-
-def _handle(read_tensor):
-  """The resource handle behind a `read` tensor (Identity of a ReadVariableOp)."""
-  return read_tensor.op.inputs[0].op.inputs[0]
+                                       graph_constant(sizes), axis=one)
+  w_grad = tf.matmul(tf.concat([x, h_prev], one), dicfo, transpose_a=True)
+  b_grad = tf.reduce_sum(dicfo, axis=graph_constant(0))
+  return [None, None, cs_prev_grad, h_prev_grad, w_grad, b_grad] + input_grads
 
 
 @tf.RegisterGradient("BlockLSTMSequence")
@@ -163,36 +140,12 @@ def _block_lstm_grad(op, *grads):
 
 
 def gradients(loss, variables):
-  """tf.gradients(loss, variables) (None where loss does not depend on one), with two
-  changes for LSTM steps.
-
-  Each layer's kernel and bias gradients are one matmul and one sum over all its
-  steps ([T*B, in + units]^T x [T*B, 4*units]), not two ops per step: with one
-  [B]-deep matmul per step, whole training steps of the reference model ran ~6%
-  slower on its (13, 14) to (25, 28) buckets and 7-11% on (46, 53) (A/B runs). And IdentityN outputs without a gradient
-  get no zeros (TensorFlow's optimize_identity_n), which would add five ZerosLike
-  ops per step for the cell outputs it does not use.
-  """
-  global _layer_steps
-  _layer_steps = {}
-  try:
-    with tf1.get_default_graph()._mutation_lock():  # pylint: disable=protected-access
-      grads = gradients_util._GradientsHelper(  # pylint: disable=protected-access
-          [loss], variables, optimize_identity_n=True)
-    layers = _layer_steps
-  finally:
-    _layer_steps = None
-  # variables may hold tensors too (inputs to differentiate by)
-  position = {getattr(v, "handle", v).ref(): i for i, v in enumerate(variables)}
-
-  zero = graph_constant(0)
-  for kernel, bias, steps in layers.values():
-    stacked = [tf.concat(parts, zero) for parts in zip(*steps)]  # x, h_prev, dicfo [T*B, ...]
-    for handle, grad in zip((kernel, bias), _lstm_weight_grads(*stacked)):
-      i = position.get(handle.ref())
-      if i is not None:
-        grads[i] = grad if grads[i] is None else grads[i] + grad
-  return grads
+  """tf.gradients(loss, variables), except that IdentityN outputs without a gradient get
+  no zeros (TensorFlow's optimize_identity_n): each LSTM step would otherwise add five
+  ZerosLike ops for the cell outputs it does not use."""
+  with tf1.get_default_graph()._mutation_lock():  # pylint: disable=protected-access
+    return gradients_util._GradientsHelper(  # pylint: disable=protected-access
+        [loss], variables, optimize_identity_n=True)
 
 
 @tf.RegisterGradient("MaskMul")
