@@ -12,6 +12,8 @@ from seq2seq_buckets.gradients import add_across_positions, graph_constant, plai
 from seq2seq_buckets.gradients import weight_matmul
 
 tf1 = tf.compat.v1
+# Score bias of a padded source position: its attention probability underflows to 0.
+MASKED = -1e9
 
 
 class Attention:
@@ -55,4 +57,4 @@ class Attention:
 
 def mask_bias(source_lengths, steps):
   """source_lengths [B] -> [B, steps] float32: 0 on real positions, -1e9 on padding."""
-  return (1.0 - tf.sequence_mask(source_lengths, steps, tf.float32)) * -1e9
+  return (1.0 - tf.sequence_mask(source_lengths, steps, tf.float32)) * MASKED

@@ -41,7 +41,7 @@ class _Layer:
   def zero_state(self, batch):
     raise NotImplementedError
 
-  def step(self, state, inputs, differentiable=True):
+  def step(self, state, inputs, differentiable=True, compilable=False):
     raise NotImplementedError
 
   def sequence(self, x, state, differentiable=True):
@@ -87,11 +87,19 @@ class LSTMCell(_Layer):
           b=self.bias, forget_bias=0.0, cell_clip=-1.0, use_peephole=False)
     return block.h, (block.cs, block.h)
 
-  def step(self, state, inputs, differentiable=True):
+  def step(self, state, inputs, differentiable=True, compilable=False):
     """state (c, h), inputs: list of [B, k_i] (sum k_i = input_size, in kernel row order)
     -> (h [B, units], (c, h)). differentiable=False (decoding) leaves out the IdentityN
-    that carries the gradient."""
+    that carries the gradient. compilable=True (decoding in a loop that XLA compiles:
+    it has no LSTMBlockCell kernel) builds the same step from a matmul and
+    elementwise ops."""
     c, h = state
+    if compilable:
+      gates = tf.matmul(_concat(list(inputs) + [h]), self.kernel) + self.bias
+      i, g, f, o = tf.split(gates, 4, axis=1)
+      c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
+      h = tf.sigmoid(o) * tf.tanh(c)
+      return h, (c, h)
     cell = tf.raw_ops.LSTMBlockCell(
         x=_concat(inputs), cs_prev=c, h_prev=h, w=self.kernel, wci=self._no_peephole,
         wcf=self._no_peephole, wco=self._no_peephole, b=self.bias, forget_bias=0.0,
@@ -118,8 +126,8 @@ class GRUCell(_Layer):
   def zero_state(self, batch):
     return (tf.zeros([batch, self.units]),)
 
-  def step(self, state, inputs, differentiable=True):
-    """As LSTMCell.step -> (h [B, units], (h,))."""
+  def step(self, state, inputs, differentiable=True, compilable=False):
+    """As LSTMCell.step -> (h [B, units], (h,)); always made of ops XLA compiles."""
     h = state[0]
     z_x = tf.matmul(_concat(inputs), self._input_rows) + self.bias
     z_h = tf.matmul(h, self._recurrent_rows) + self.recurrent_bias

@@ -90,15 +90,19 @@ def greedy_ids(session, greedy_ops, buckets, sources, batch_size, max_length_rat
   """Greedy outputs for every source, in input order, through the per-bucket greedy graphs.
 
   greedy_ops: per bucket a graphs.GreedyOps. Returns (list of
-  output id lists, indices of truncated sources).
+  output id lists, indices of truncated sources). A single non-empty source runs
+  through single_ids, when the ops have it.
   """
   plan, batches = _padded_batches(sources, buckets, batch_size, max_length_ratio)
   outputs = [[] for _ in plan.sources]
+  # one sentence in all (interactive use) goes through the XLA-compiled loop when there is one
+  single = sum(len(batch.indices) for batch in plan.batches) == 1
   for batch, padded, limits in batches:
     ops = greedy_ops[batch.bucket]
-    ids = session.run(ops.ids, {ops.encoder_inputs: padded.encoder_inputs,
-                                ops.source_lengths: padded.source_lengths,
-                                ops.max_steps: limits.max() + 1})  # + 1: room for EOS
+    fetch = ops.single_ids if single and ops.single_ids is not None else ops.ids
+    ids = session.run(fetch, {ops.encoder_inputs: padded.encoder_inputs,
+                              ops.source_lengths: padded.source_lengths,
+                              ops.max_steps: limits.max() + 1})  # + 1: room for EOS
     for row, i in enumerate(batch.indices):
       outputs[i] = cut_at_eos(ids[row, :limits[row]])
   return outputs, plan.truncated

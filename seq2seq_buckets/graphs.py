@@ -3,8 +3,9 @@
 Training graph: per bucket a placeholder BatchedInput, its loss, update op and
 gradient norm (dev loss: the same loss with model.dropout_rate fed 0.0) and a
 greedy decoder (a while loop over the decoder step). Inference graph: per bucket
-an encoder with a greedy decoder (a while loop) and a call of the beam search (one
-while loop, traced once for all buckets). Train and inference share weights
+an encoder with a greedy decoder (a while loop), a call of the XLA-compiled greedy
+loop for single sentences and a call of the beam search (one while loop); both
+calls are traced once for all buckets. Train and inference share weights
 through checkpoints.
 """
 
@@ -37,9 +38,11 @@ TrainingGraph = collections.namedtuple(
     "TrainingGraph", ["graph", "model", "buckets", "state", "init", "saver"])
 
 # Greedy decoding over a bucket's encoder: placeholders encoder_inputs [N, I],
-# source_lengths [N], max_steps [] -> ids [N, T] (see Seq2SeqModel.greedy).
-GreedyOps = collections.namedtuple("GreedyOps",
-                                   ["encoder_inputs", "source_lengths", "max_steps", "ids"])
+# source_lengths [N], max_steps [] -> ids [N, T] (see Seq2SeqModel.greedy);
+# single_ids: the same through the XLA-compiled loop, for N = 1 (None in the
+# training graph).
+GreedyOps = collections.namedtuple(
+    "GreedyOps", ["encoder_inputs", "source_lengths", "max_steps", "ids", "single_ids"])
 # Beam search over a bucket's encoder: placeholders limits [N] (most output pieces per
 # sentence), beam_size, n_best, alpha (the GNMT length penalty) -> found, a
 # beam_search.Found.
@@ -72,12 +75,14 @@ def encoder_placeholders(bucket):
           tf1.placeholder(tf.int32, [None], "source_lengths"))
 
 
-def greedy_ops(model, bucket, encoder_inputs, lengths, encoded):
+def greedy_ops(model, bucket, encoder_inputs, lengths, encoded, single=False):
   """GreedyOps for bucket (I, O) over `encoded` (the encoding of encoder_inputs [N, I],
   lengths [N]): max_steps [] (default O) -> ids [N, T], T <= max_steps
-  (see Seq2SeqModel.greedy)."""
+  (see Seq2SeqModel.greedy); single: also single_ids."""
   max_steps = tf1.placeholder_with_default(bucket[1], [], "max_steps")
-  return GreedyOps(encoder_inputs, lengths, max_steps, model.greedy(encoded, max_steps))
+  single_ids = model.greedy(encoded, max_steps, compiled=True) if single else None
+  return GreedyOps(encoder_inputs, lengths, max_steps, model.greedy(encoded, max_steps),
+                   single_ids)
 
 
 def beam_ops(model, encoder_inputs, lengths, encoded):
@@ -151,7 +156,7 @@ def build_inference_graph(hparams):
       with tf1.name_scope(f"bucket_{b}"):
         enc_inputs, lengths = encoder_placeholders(bucket)
         encoded = model.encode(enc_inputs, lengths, training=False)
-        greedy.append(greedy_ops(model, bucket, enc_inputs, lengths, encoded))
+        greedy.append(greedy_ops(model, bucket, enc_inputs, lengths, encoded, single=True))
         with tf1.name_scope("beam"):
           beam.append(beam_ops(model, enc_inputs, lengths, encoded))
     saver = tf1.train.Saver(tf1.global_variables())

@@ -140,12 +140,12 @@ def test_options_train(overrides):
   assert session.run(ops.nll_sum, {**batch, tg.model.dropout_rate: 0.0}) < first
 
 
-def step_by_step(ig, session, batch, steps):
-  """Greedy ids [N, steps] for a bucket-2 batch: the encoder run once, then one
+def step_by_step(ig, session, batch, bucket):
+  """Greedy ids [N, O] for a batch of bucket (I, O): the encoder run once, then one
   session.run per decoder step (a one-step graph built here from the model's parts)."""
   model, size = ig.model, ig.model.hp.size
   with ig.graph.as_default():
-    inputs, lengths = graphs.encoder_placeholders(BUCKETS[2])
+    inputs, lengths = graphs.encoder_placeholders(bucket)
     encoded = model.encode(inputs, lengths, training=False)
     states = tf.nest.map_structure(lambda s: tf1.placeholder(tf.float32, [None, size]),
                                    encoded.states)
@@ -159,7 +159,7 @@ def step_by_step(ig, session, batch, steps):
   state_values, output_value = session.run([encoded.states, initial_output], encoder_feed)
   token_values = np.full([len(batch.source_lengths)], GO_ID, np.int32)
   stepped = []
-  for _ in range(steps):
+  for _ in range(bucket[1]):
     feed = {**encoder_feed, tokens: token_values, output: output_value}
     feed.update(zip(tf.nest.flatten(states), tf.nest.flatten(state_values)))
     values, output_value, state_values = session.run([log_probs, new_output, new_states], feed)
@@ -183,7 +183,8 @@ def ended_at_eos(ids):
 @pytest.mark.parametrize("eos_bias", [0.0, -1e4])
 def test_greedy_graph_equals_step_by_step_decoding(tmp_path, eos_bias):
   """The per-bucket greedy graph (a while loop that stops when every row has ended)
-  equals step-by-step decoding; with EOS suppressed it runs all O steps."""
+  and its XLA-compiled twin equal step-by-step decoding; with EOS suppressed they run
+  all O steps."""
   hp = tiny(learning_rate=0.05)
   tg = graphs.build_training_graph(hp)
   session = session_for(tg)
@@ -196,20 +197,26 @@ def test_greedy_graph_equals_step_by_step_decoding(tmp_path, eos_bias):
   ig = graphs.build_inference_graph(hp)
   infer = tf1.Session(graph=ig.graph)
   graphs.restore_inference(ig, infer, path)
-  batch = random_batch(BUCKETS[2], seed=8)
-  ops = ig.greedy[2]
+  batch = random_batch(BUCKETS[1], seed=8)
+  ops = ig.greedy[1]  # not the largest bucket: the compiled loop pads it
   greedy = infer.run(ops.ids, {ops.encoder_inputs: batch.encoder_inputs,
                                ops.source_lengths: batch.source_lengths})
-  expected = ended_at_eos(step_by_step(ig, infer, batch, BUCKETS[2][1]))
+  expected = ended_at_eos(step_by_step(ig, infer, batch, BUCKETS[1]))
   if eos_bias < 0:
-    assert expected.shape == (len(batch.source_lengths), BUCKETS[2][1])
+    assert expected.shape == (len(batch.source_lengths), BUCKETS[1][1])
   np.testing.assert_array_equal(greedy, expected)
   # max_steps stops it earlier
   short = infer.run(ops.ids, {ops.encoder_inputs: batch.encoder_inputs,
                               ops.source_lengths: batch.source_lengths, ops.max_steps: 1})
   np.testing.assert_array_equal(short, expected[:, :1])
+  # the XLA-compiled loop (plain-op LSTM steps, encoding padded to the largest bucket)
+  # gives the same ids, one sentence at a time and for the whole batch
+  for rows in [slice(0, 1), slice(1, 2), slice(None)]:
+    compiled = infer.run(ops.single_ids, {ops.encoder_inputs: batch.encoder_inputs[rows],
+                                          ops.source_lengths: batch.source_lengths[rows]})
+    np.testing.assert_array_equal(compiled, ended_at_eos(expected[rows]))
   # the training graph's greedy decoder agrees too
-  train_ops = tg.buckets[2].greedy
+  train_ops = tg.buckets[1].greedy
   train_greedy = session.run(train_ops.ids, {train_ops.encoder_inputs: batch.encoder_inputs,
                                              train_ops.source_lengths: batch.source_lengths})
   np.testing.assert_array_equal(greedy, train_greedy)
