@@ -41,7 +41,7 @@ def length_penalty(length, alpha):
   return tf.pow((5.0 + tf.cast(length, tf.float32)) / 6.0, alpha)
 
 
-def search(step, carried, fixed, limits, beam_size, n_best, alpha):
+def search(step, carried, fixed, limits, beam_size, n_best, alpha, most=None):
   """Beam search for n sentences.
 
   step(tokens [N] int32, carried, fixed) -> (logits [N, V] float32 (V static), carried):
@@ -50,10 +50,15 @@ def search(step, carried, fixed, limits, beam_size, n_best, alpha):
   encoder memory). Both are given per sentence and tiled to k rows here.
   limits [n] int32 >= 1: per sentence the most output pieces; beam_size, n_best
   int32 scalars (1 <= n_best <= beam_size); alpha float32 scalar -> Found.
+
+  most: None, or a Python int >= every limit for a search of fixed shapes that XLA
+  can compile (beam_size and n_best then fix shapes, so XLA needs them as constants):
+  T = most, and stopped sentences stay in the loop with no live beam (scores -inf),
+  so their steps change nothing.
   """
   k = beam_size
   n = tf.size(limits)
-  total_steps = tf.reduce_max(limits)
+  total_steps = tf.reduce_max(limits) if most is None else most
   columns = tf.range(total_steps)  # [T]
 
   def body(t, tokens, carried, fixed, live, finished, active, limits, found):
@@ -71,6 +76,12 @@ def search(step, carried, fixed, limits, beam_size, n_best, alpha):
     reachable = tf.reduce_max(live.scores, graph_constant(1)) / length_penalty(limits, alpha)
     # finished scores are sorted: the smallest is the n_best-th
     stay = (tf.reduce_min(finished.scores, graph_constant(1)) < reachable) & (t + 1 < limits)
+    if most is not None:
+      rows = tf.reshape(_expand(tf.range(n) * k, 1) + parent, graph_constant((-1,)))
+      live = Live(live.ids, tf.where(_expand(stay, 1), live.scores, NEG_INF))
+      return (t + 1, tf.reshape(token, graph_constant((-1,))),
+              tf.nest.map_structure(lambda x: _take(x, rows), carried), fixed, live, finished,
+              active, limits, found)
     found = _write(found, ~stay, active, finished)
     slots = tf.cast(tf.reshape(tf.where(stay), graph_constant((-1,))), tf.int32)
     first_row = _expand(slots * k, 1)
@@ -84,7 +95,9 @@ def search(step, carried, fixed, limits, beam_size, n_best, alpha):
             tf.nest.map_structure(keep, live), tf.nest.map_structure(keep, finished),
             keep(active), keep(limits), found)
 
-  def searching(unused_t, tokens, *unused):
+  def searching(unused_t, tokens, unused_carried, unused_fixed, live, *unused):
+    if most is not None:
+      return tf.reduce_any(tf.math.is_finite(live.scores))
     return tf.size(tokens) > 0
 
   first_beam_only = tf.concat([[0.0], tf.fill([k - 1], NEG_INF)], 0)
@@ -100,7 +113,10 @@ def search(step, carried, fixed, limits, beam_size, n_best, alpha):
   invariants = (tf.TensorShape([]), tf.TensorShape([None]),
                 *[tf.nest.map_structure(any_rows, part) for part in start[2:4]],
                 *[tf.nest.map_structure(any_shape, part) for part in start[4:]])
-  return tf.while_loop(searching, body, start, shape_invariants=invariants)[-1]
+  end = tf.while_loop(searching, body, start, shape_invariants=invariants,
+                     maximum_iterations=most)
+  # with fixed shapes every sentence stays to the end: `finished` holds them all
+  return end[-1] if most is None else end[5]
 
 
 def _best_extensions(scores, logits, k):

@@ -56,6 +56,12 @@ def plan_batches(sources, buckets, batch_size):
   return Plan(batches, fitted, truncated)
 
 
+def _single(plan):
+  """Whether plan holds one sentence in all (interactive use): it then goes through the
+  XLA-compiled loops, compiled once for a batch of one."""
+  return sum(len(batch.indices) for batch in plan.batches) == 1
+
+
 def output_limit(source_len, target_len, max_length_ratio):
   """Most output pieces (EOS not counted) for source_len pieces in a bucket with O = target_len.
 
@@ -91,15 +97,13 @@ def greedy_ids(session, greedy_ops, buckets, sources, batch_size, max_length_rat
 
   greedy_ops: per bucket a graphs.GreedyOps. Returns (list of
   output id lists, indices of truncated sources). A single non-empty source runs
-  through single_ids, when the ops have it.
+  through single_ids, when the ops have it (beam search: single_found).
   """
   plan, batches = _padded_batches(sources, buckets, batch_size, max_length_ratio)
   outputs = [[] for _ in plan.sources]
-  # one sentence in all (interactive use) goes through the XLA-compiled loop when there is one
-  single = sum(len(batch.indices) for batch in plan.batches) == 1
   for batch, padded, limits in batches:
     ops = greedy_ops[batch.bucket]
-    fetch = ops.single_ids if single and ops.single_ids is not None else ops.ids
+    fetch = ops.single_ids if _single(plan) and ops.single_ids is not None else ops.ids
     ids = session.run(fetch, {ops.encoder_inputs: padded.encoder_inputs,
                               ops.source_lengths: padded.source_lengths,
                               ops.max_steps: limits.max() + 1})  # + 1: room for EOS
@@ -121,7 +125,7 @@ def beam_search(session, beam_ops, buckets, sources, beam_size, batch_size, leng
   results = [[Hypothesis([], 0.0)] for _ in plan.sources]
   for batch, padded, limits in batches:
     ops = beam_ops[batch.bucket]
-    ids, lengths, scores = session.run(ops.found, {
+    ids, lengths, scores = session.run(ops.single_found if _single(plan) else ops.found, {
         ops.encoder_inputs: padded.encoder_inputs, ops.source_lengths: padded.source_lengths,
         ops.limits: limits, ops.beam_size: beam_size, ops.n_best: n_best,
         ops.alpha: length_penalty})

@@ -3,9 +3,9 @@
 Training graph: per bucket a placeholder BatchedInput, its loss, update op and
 gradient norm (dev loss: the same loss with model.dropout_rate fed 0.0) and a
 greedy decoder (a while loop over the decoder step). Inference graph: per bucket
-an encoder with a greedy decoder (a while loop), a call of the XLA-compiled greedy
-loop for single sentences and a call of the beam search (one while loop); both
-calls are traced once for all buckets. Train and inference share weights
+an encoder with a greedy decoder (a while loop) and calls of the beam search (one
+while loop) and of XLA-compiled greedy and beam loops for single sentences; those
+are traced once for all buckets. Train and inference share weights
 through checkpoints.
 """
 
@@ -45,10 +45,10 @@ GreedyOps = collections.namedtuple(
     "GreedyOps", ["encoder_inputs", "source_lengths", "max_steps", "ids", "single_ids"])
 # Beam search over a bucket's encoder: placeholders limits [N] (most output pieces per
 # sentence), beam_size, n_best, alpha (the GNMT length penalty) -> found, a
-# beam_search.Found.
+# beam_search.Found; single_found: the same through the XLA-compiled search, for N = 1.
 BeamOps = collections.namedtuple(
     "BeamOps", ["encoder_inputs", "source_lengths", "limits", "beam_size", "n_best", "alpha",
-                "found"])
+                "found", "single_found"])
 InferenceGraph = collections.namedtuple("InferenceGraph",
                                         ["graph", "model", "greedy", "beam", "saver"])
 
@@ -91,8 +91,10 @@ def beam_ops(model, encoder_inputs, lengths, encoded):
   beam_size = tf1.placeholder(tf.int32, [], "beam_size")
   n_best = tf1.placeholder_with_default(1, [], "n_best")
   alpha = tf1.placeholder_with_default(0.0, [], "alpha")
-  return BeamOps(encoder_inputs, lengths, limits, beam_size, n_best, alpha,
-                 model.beam_search(encoded, limits, beam_size, n_best, alpha))
+  search = lambda compiled: model.beam_search(encoded, limits, beam_size, n_best, alpha,
+                                              compiled)
+  return BeamOps(encoder_inputs, lengths, limits, beam_size, n_best, alpha, search(False),
+                 search(True))
 
 
 def _train_state(hparams):

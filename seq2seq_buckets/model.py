@@ -48,7 +48,7 @@ class Seq2SeqModel:
 
   def __init__(self, hparams, cache_output_kernel=False):
     self.hp = hp = hparams
-    self._beam_function = self._compiled_greedy = None
+    self._traced = {}  # see _traced_function
     self.dropout_rate = tf1.placeholder_with_default(float(hp.dropout), [], "dropout_rate")
     initializer = tf1.random_uniform_initializer(-0.1, 0.1, seed=hp.seed)
     with tf1.variable_scope("model", initializer=initializer):
@@ -230,36 +230,28 @@ class Seq2SeqModel:
     """encoded: `encode` of B sentences, max_steps int32 scalar -> ids [B, T] int32.
 
     Feeds back each step's argmax; a tf.while_loop over the decoder step (built
-    once, not unrolled) stops after max_steps steps or when every row has
-    produced EOS, so T <= max_steps. A row's ids after its first EOS are EOS.
+    once, not unrolled, and traced once for all buckets) stops after max_steps steps
+    or when every row has produced EOS, so T <= max_steps. A row's ids after its
+    first EOS are EOS.
 
-    compiled: the loop is instead one XLA-compiled function, traced once for all
-    buckets. For one sentence its steps take less than half the time (TensorFlow's
-    MatMul is slow for a single row here), but XLA compiles it anew for every input
-    shape (~2 s), so it is meant for a fixed batch size: the encoding is padded to
-    the largest source bucket, and T <= the largest target bucket.
+    compiled: the loop compiled by XLA. For one sentence its steps take less than
+    half the time (TensorFlow's MatMul is slow for a single row here), but XLA
+    compiles anew for every input shape, so it is meant for a fixed batch size.
     """
-    if not compiled:
-      return tf.transpose(self._greedy_loop(encoded, max_steps)[1])
-    if self._compiled_greedy is None:
-      self._compiled_greedy = tf.function(
-          self._padded_greedy, input_signature=self._encoding_signature(encoded) +
-          [tf.TensorSpec([], tf.int32)], jit_compile=True, autograph=False)
-    source_len = max(source for source, _ in self.hp.buckets)
-    steps, ids = self._compiled_greedy(*self._encoding_parts(encoded, source_len), max_steps)
+    search = self._compiled_greedy if compiled else self._greedy
+    function = self._traced_function(search, encoded, [tf.TensorSpec([], tf.int32)], compiled)
+    steps, ids = function(*self._encoding_parts(encoded, compiled), max_steps)
     return tf.transpose(ids[:steps])
 
-  def _padded_greedy(self, fixed, carried, max_steps):
-    """_greedy_loop in XLA's terms: a fixed-size id array (the largest target bucket)
-    and a bounded loop. fixed, carried: see _encoding_parts -> (steps run [], ids
-    [most, B]: those of the first `steps` rows, zeros after)."""
-    most = max(target for _, target in self.hp.buckets)
-    encoded = EncoderOutput(*fixed, states=carried[1])
-    return self._greedy_loop(encoded, max_steps, most)
+  def _compiled_greedy(self, fixed, carried, max_steps):
+    """_greedy in XLA's terms: a fixed-size id array (the largest target bucket)."""
+    return self._greedy(fixed, carried, max_steps, most=self._most_steps())
 
-  def _greedy_loop(self, encoded, max_steps, most=None):
-    """The greedy loop -> (steps run [] int32, ids [T, B] int32). most: None for a
-    growing id array, else its fixed size (the most steps; XLA-compilable ops)."""
+  def _greedy(self, fixed, carried, max_steps, most=None):
+    """The greedy loop; fixed, carried: see _encoding_parts -> (steps run [] int32, ids
+    [T, B] int32). most: None for a growing id array (T = steps), else its fixed size
+    (T = most, zeros after the first `steps` rows; XLA-compilable ops)."""
+    encoded = EncoderOutput(*fixed, states=carried[1])
     batch = tf.shape(encoded.memory)[0]
     compilable = most is not None
 
@@ -274,53 +266,72 @@ class Seq2SeqModel:
 
     ids = (tf.TensorArray(tf.int32, size=0, dynamic_size=True) if most is None
            else tf.TensorArray(tf.int32, size=most))
-    start = (tf.constant(0), tf.fill([batch], GO_ID), self.initial_output(encoded), encoded.states,
+    start = (tf.constant(0), tf.fill([batch], GO_ID), carried[0], carried[1],
              tf.zeros([batch], tf.bool), ids)
     end = tf.while_loop(unfinished, step, start, maximum_iterations=most)
     return end[0], end[-1].stack()
 
-  def _encoding_signature(self, encoded):
-    """TensorSpecs of _encoding_parts(encoded) for any batch and source length."""
-    size = self.hp.size
-    rows = lambda x: tf.TensorSpec([None] + x.shape[1:], x.dtype)  # any batch
-    return [(tf.TensorSpec([None, None, size]), tf.TensorSpec([None, None, size]),
-             tf.TensorSpec([None, None])),
-            (tf.TensorSpec([None, size]), tf.nest.map_structure(rows, encoded.states))]
+  def _most_steps(self):
+    """Decoder steps of the largest target bucket."""
+    return max(target for _, target in self.hp.buckets)
 
-  def _encoding_parts(self, encoded, source_len=None):
+  def _traced_function(self, python_function, encoded, specs, compiled=False):
+    """python_function(fixed, carried, *args) (see _encoding_parts; args matching specs)
+    as a tf.function, traced once for any batch and source length and called by every
+    bucket: a while loop this size takes 0.1-0.4 s to build. compiled: by XLA, which
+    compiles it again (~1-2 s) for every new input shape and every value of an argument
+    that fixes a shape (beam_size, n_best)."""
+    if python_function not in self._traced:
+      size = self.hp.size
+      rows = lambda x: tf.TensorSpec([None] + x.shape[1:], x.dtype)  # any batch
+      signature = [(tf.TensorSpec([None, None, size]), tf.TensorSpec([None, None, size]),
+                    tf.TensorSpec([None, None])),
+                   (tf.TensorSpec([None, size]), tf.nest.map_structure(rows, encoded.states))]
+      self._traced[python_function] = tf.function(
+          python_function, input_signature=signature + specs, jit_compile=compiled,
+          autograph=False)
+    return self._traced[python_function]
+
+  def _encoding_parts(self, encoded, compiled=False):
     """encoded -> [fixed (memory, keys, mask_bias), carried (initial output, states)], the
-    arguments of the traced decoding loops; source_len: pad the fixed part to this many
-    source positions (padding gets attention probability exactly 0)."""
+    arguments of the traced decoding loops; compiled: the fixed part padded to the largest
+    source bucket, so that XLA compiles once for all buckets (padding gets attention
+    probability exactly 0)."""
     memory, keys, bias = encoded.memory, encoded.keys, encoded.mask_bias
-    if source_len is not None:
-      extra = source_len - memory.shape[1]
+    if compiled:
+      extra = max(source for source, _ in self.hp.buckets) - memory.shape[1]
       memory, keys = (tf.pad(x, [[0, 0], [0, extra], [0, 0]]) for x in (memory, keys))
       bias = tf.pad(bias, [[0, 0], [0, extra]], constant_values=MASKED)
     return [(memory, keys, bias), (self.initial_output(encoded), encoded.states)]
 
-  def beam_search(self, encoded, limits, beam_size, n_best, alpha):
+  def beam_search(self, encoded, limits, beam_size, n_best, alpha, compiled=False):
     """encoded: `encode` of n sentences; limits [n] int32: their most output pieces;
     beam_size, n_best int32 scalars; alpha float32 scalar (GNMT length penalty) ->
-    beam_search.Found, the whole search one tf.while_loop (see beam_search.search).
-
-    The search is traced once, as a tf.function with any batch and source length,
-    and every bucket calls it: a while loop this size takes ~0.2 s to build.
+    beam_search.Found, the whole search one tf.while_loop (see beam_search.search),
+    traced once for all buckets. compiled: the search of fixed shapes, compiled by
+    XLA, as `greedy` does (for one sentence; XLA compiles anew for each beam_size
+    and n_best, and T is the largest target bucket).
     """
-    if self._beam_function is None:
-      signature = self._encoding_signature(encoded) + [
-          tf.TensorSpec([None], tf.int32), tf.TensorSpec([], tf.int32),
-          tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.float32)]
-      self._beam_function = tf.function(self._beam_search, input_signature=signature,
-                                        autograph=False)
-    return beam_search.Found(*self._beam_function(
-        *self._encoding_parts(encoded), limits, beam_size, n_best, alpha))
+    specs = [tf.TensorSpec([None], tf.int32), tf.TensorSpec([], tf.int32),
+             tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.float32)]
+    search = self._compiled_beam_search if compiled else self._beam_search
+    function = self._traced_function(search, encoded, specs, compiled)
+    return beam_search.Found(*function(*self._encoding_parts(encoded, compiled), limits,
+                                       beam_size, n_best, alpha))
 
-  def _beam_search(self, fixed, carried, limits, beam_size, n_best, alpha):
+  def _compiled_beam_search(self, fixed, carried, limits, beam_size, n_best, alpha):
+    """_beam_search of fixed shapes, with XLA-compilable steps."""
+    return self._beam_search(fixed, carried, limits, beam_size, n_best, alpha,
+                             most=self._most_steps())
+
+  def _beam_search(self, fixed, carried, limits, beam_size, n_best, alpha, most=None):
     """beam_search.search with this model's decoder step; fixed: (memory, keys, mask_bias),
-    carried: (previous output, states)."""
+    carried: (previous output, states); most: see beam_search.search."""
 
     def step(tokens, carried, fixed):
-      logits, output, states = self.next_logits(tokens, *carried, EncoderOutput(*fixed, None))
+      logits, output, states = self.next_logits(tokens, *carried, EncoderOutput(*fixed, None),
+                                                compilable=most is not None)
       return logits, (output, states)
 
-    return tuple(beam_search.search(step, carried, fixed, limits, beam_size, n_best, alpha))
+    return tuple(beam_search.search(step, carried, fixed, limits, beam_size, n_best, alpha,
+                                    most))

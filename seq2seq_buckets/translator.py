@@ -101,12 +101,13 @@ class Translator:
     hypotheses = [[Translated(next(texts), h.score) for h in line] for line in found]
     return Translations(hypotheses, [Truncation(i, len(sources[i])) for i in truncated])
 
-  def warm_up(self, beam_size=1):
-    """Runs each bucket's decoder once, batched and for a single sentence (greedy: this
-    compiles the XLA loop, ~2 s): a graph's first run is slow, later ones are not."""
+  def warm_up(self, beam_size=1, n_best=1):
+    """Runs each bucket's decoder once, batched and for a single sentence (this compiles
+    the XLA loop for beam_size and n_best, 1-3 s): a graph's first run is slow, later
+    ones are not."""
     sources = [[vocab.UNK_ID] * source_len for source_len, _ in self.buckets]
     for batch in [sources] + [[source] for source in sources]:
-      self._decode(batch, beam_size, 0.0, 2.0, 1, 1)
+      self._decode(batch, beam_size, 0.0, 2.0, n_best, 1)
 
   def _decode(self, sources, beam_size, length_penalty, max_length_ratio, n_best, batch_size):
     """sources: id lists -> (per source a list of decoding.Hypothesis, truncated indices)."""

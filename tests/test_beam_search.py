@@ -55,9 +55,9 @@ class ToyModel:
       return self.table[self.scripted.get(code, len(self.table) - 1)]
     return self.table[random_row(code)]
 
-  def search(self, sources, limits, beam_size, n_best, alpha):
-    """Runs beam_search.search in a graph -> (per sentence a list of (ids, score), best
-    first, rows the decoder ran)."""
+  def search(self, sources, limits, beam_size, n_best, alpha, most=None):
+    """Runs beam_search.search in a graph (most: see there) -> (per sentence a list of
+    (ids, score), best first, rows the decoder ran)."""
     graph = tf.Graph()
     with graph.as_default():
       table = tf.constant(self.table)
@@ -78,7 +78,7 @@ class ToyModel:
       found = beam_search.search(
           step, tf.constant(sources, tf.int64) + 1, tf.zeros([len(sources)]),
           tf.constant(limits, tf.int32), tf.constant(beam_size), tf.constant(n_best),
-          tf.constant(alpha, tf.float32))
+          tf.constant(alpha, tf.float32), most)
       with tf1.Session() as session:
         session.run([tf1.global_variables_initializer(), tf1.tables_initializer()])
         ids, lengths, scores = session.run(found)
@@ -104,15 +104,22 @@ def exhaustive(model, source, limit, alpha):
   return sorted(found, key=lambda f: -f[1])
 
 
+@pytest.fixture(params=[None, 8], ids=["shrinking", "fixed_shapes"])
+def most(request):
+  """Both forms of the search: sentences leave the loop, or (the form XLA compiles)
+  every shape is fixed, with buffers for `most` pieces."""
+  return request.param
+
+
 @pytest.mark.parametrize("alpha", [0.0, 0.8])
 @pytest.mark.parametrize("seed", range(4))
-def test_wide_beam_equals_exhaustive_search(seed, alpha):
+def test_wide_beam_equals_exhaustive_search(seed, alpha, most):
   n_best = 3
   model = ToyModel(random_table(5, seed))
   rng = random.Random(seed)
   limits = [rng.randint(1, 4) for _ in range(4)]
   sources = [seed * 10 + s for s in range(len(limits))]
-  found, _ = model.search(sources, limits, beam_size=27, n_best=n_best, alpha=alpha)
+  found, _ = model.search(sources, limits, beam_size=27, n_best=n_best, alpha=alpha, most=most)
   for source, limit, hypotheses in zip(sources, limits, found):
     best = exhaustive(model, source, limit, alpha)[:n_best]
     assert [ids for ids, _ in hypotheses] == [ids for ids, _ in best]
@@ -140,24 +147,26 @@ EARLY_STOP = {(): {EOS_ID: 0.45, 4: 0.55}, (4,): {4: 0.6, EOS_ID: 0.4},
               (4, 4): {4: 0.6, EOS_ID: 0.4}, (4, 4, 4): {EOS_ID: 0.6, 4: 0.4}}
 
 
-def test_finished_hypothesis_is_kept_while_others_continue():
-  (found,), rows = scripted(EARLY_STOP).search([0], [6], beam_size=2, n_best=2, alpha=0.0)
+def test_finished_hypothesis_is_kept_while_others_continue(most):
+  (found,), rows = scripted(EARLY_STOP).search([0], [6], beam_size=2, n_best=2, alpha=0.0,
+                                                most=most)
   (best, best_score), (second, second_score) = found
   assert best == [] and best_score == pytest.approx(math.log(0.45))
   assert second == [4] and second_score == pytest.approx(math.log(0.55 * 0.4))
   assert rows >= 2 * 2  # the search went on after the first hypothesis finished
 
 
-def test_beam_one_drops_what_ranks_below_the_live_beam():
-  (found,), _ = scripted(EARLY_STOP).search([0], [6], beam_size=1, n_best=1, alpha=0.0)
+def test_beam_one_drops_what_ranks_below_the_live_beam(most):
+  (found,), _ = scripted(EARLY_STOP).search([0], [6], beam_size=1, n_best=1, alpha=0.0,
+                                            most=most)
   assert found == [([4, 4, 4], pytest.approx(math.log(0.55 * 0.6 * 0.6 * 0.6)))]
 
 
-def test_length_penalty_favours_longer_hypotheses():
+def test_length_penalty_favours_longer_hypotheses(most):
   model = scripted({(): {EOS_ID: 0.45, 4: 0.55}, (4,): {4: 0.9}, (4, 4): {4: 0.9},
                     (4, 4, 4): {EOS_ID: 0.9}})
-  (plain,), _ = model.search([0], [6], 3, 1, 0.0)
-  (penalised,), _ = model.search([0], [6], 3, 1, 1.0)
+  (plain,), _ = model.search([0], [6], 3, 1, 0.0, most)
+  (penalised,), _ = model.search([0], [6], 3, 1, 1.0, most)
   assert plain[0][0] == [] and penalised[0][0] == [4, 4, 4]
   assert penalised[0][1] == pytest.approx(math.log(0.55 * 0.9 ** 3) / (9 / 6))
 
@@ -170,11 +179,14 @@ def test_finished_sentences_leave_the_loop():
   assert [f[0][0] for f in found] == [[], [4, 4]]
   _, rows_alone = model.search([1], [8], beam_size=3, n_best=1, alpha=0.0)
   assert rows_alone == 3 * 3 and rows == rows_alone + 3
+  # with fixed shapes both stay in the loop to the end, with the same results
+  fixed, rows = model.search([0, 1], [8, 8], beam_size=3, n_best=1, alpha=0.0, most=8)
+  assert fixed == found and rows == 2 * 3 * 3
 
 
-def test_limits_cut_hypotheses_without_eos():
+def test_limits_cut_hypotheses_without_eos(most):
   model = scripted({(): {4: 0.9}, (4,): {4: 0.9}, (4, 4): {4: 0.9}})
-  (found,), _ = model.search([0], [2], beam_size=2, n_best=2, alpha=0.0)
+  (found,), _ = model.search([0], [2], beam_size=2, n_best=2, alpha=0.0, most=most)
   assert found[0] == ([4, 4], pytest.approx(math.log(0.81)))  # no EOS counted at the limit
 
 

@@ -183,6 +183,32 @@ def test_translations_do_not_depend_on_order_or_batching(translator, dev_lines, 
     assert [h[0].text for h in result.hypotheses] == [alone[i] for i in order]
 
 
+def test_one_sentence_runs_the_compiled_loops_with_the_same_results(translator, dev_lines,
+                                                                    monkeypatch):
+  """A single sentence goes through the XLA-compiled greedy and beam loops (fixed
+  shapes, plain-op LSTM steps, encoding padded to the largest bucket): the same
+  hypotheses and scores as the batched while loops, n-best lists and length penalty
+  included, in every bucket."""
+  lines = dev_lines[:12] + ["ab", "ab cd " * 3, "ab " * 20]
+  fetched = []
+  run = translator.session.run
+  monkeypatch.setattr(translator.session, "run",
+                      lambda fetch, *args, **kw: fetched.append(fetch) or run(fetch, *args, **kw))
+  graph = translator.graph
+  for beam_size, n_best, penalty in ((1, 1, 0.0), (3, 2, 0.6), (4, 1, 0.0)):
+    options = dict(beam_size=beam_size, n_best=n_best, length_penalty=penalty)
+    batched = translator.translate(lines, **options).hypotheses
+    for line, expected in zip(lines, batched):
+      fetched.clear()
+      alone = translator.translate([line], **options).hypotheses[0]
+      compiled = [ops.single_ids if beam_size == 1 else ops.single_found
+                  for ops in (graph.greedy if beam_size == 1 else graph.beam)]
+      assert len(fetched) == 1 and any(fetched[0] is c for c in compiled)
+      assert [h.text for h in alone] == [h.text for h in expected]
+      if beam_size > 1:
+        assert [h.score for h in alone] == pytest.approx([h.score for h in expected], abs=1e-4)
+
+
 def test_empty_lines_give_empty_output(translator, dev_lines):
   for beam_size, n_best in ((1, 1), (3, 2)):
     result = translator.translate(["", "   ", dev_lines[0], ""], beam_size=beam_size,

@@ -68,7 +68,7 @@ def _batch():
 def _interactive(options):
   with translation_flags.load_translator() as translator, _open_output() as out, \
       _stdin(errors="replace") as stdin:
-    translator.warm_up(options["beam_size"])
+    translator.warm_up(options["beam_size"], options["n_best"])
     common.log("type a sentence and press Enter; Ctrl-D quits")
     count = empty = truncated = 0
     seconds = 0.0
