@@ -238,8 +238,8 @@ class Seq2SeqModel:
     half the time (TensorFlow's MatMul is slow for a single row here), but XLA
     compiles anew for every input shape, so it is meant for a fixed batch size.
     """
-    search = self._compiled_greedy if compiled else self._greedy
-    function = self._traced_function(search, encoded, [tf.TensorSpec([], tf.int32)], compiled)
+    loop = self._compiled_greedy if compiled else self._greedy
+    function = self._traced_function(loop, encoded, [tf.TensorSpec([], tf.int32)], compiled)
     steps, ids = function(*self._encoding_parts(encoded, compiled), max_steps)
     return tf.transpose(ids[:steps])
 
