@@ -22,7 +22,7 @@ import tensorflow as tf
 from seq2seq_buckets import beam_search
 from seq2seq_buckets.attention import MASKED, Attention, mask_bias
 from seq2seq_buckets.cells import make_cell, read
-from seq2seq_buckets.gradients import apply_mask, weight_matmul
+from seq2seq_buckets.gradients import apply_mask, graph_constant, weight_matmul
 from seq2seq_buckets.gradients import transposed as transposed_kernel
 from seq2seq_buckets.vocab import EOS_ID, GO_ID
 
@@ -249,26 +249,39 @@ class Seq2SeqModel:
 
   def _greedy(self, fixed, carried, max_steps, most=None):
     """The greedy loop; fixed, carried: see _encoding_parts -> (steps run [] int32, ids
-    [T, B] int32). most: None for a growing id array (T = steps), else its fixed size
-    (T = most, zeros after the first `steps` rows; XLA-compilable ops)."""
-    encoded = EncoderOutput(*fixed, states=carried[1])
-    batch = tf.shape(encoded.memory)[0]
+    [T, B] int32). most: None for a growing id array (T = steps) from which rows that
+    have produced EOS leave the loop (later steps run fewer rows); else the array's
+    fixed size (T = most, zeros after the first `steps` rows) and every row stays,
+    repeating EOS (XLA-compilable ops)."""
+    batch = tf.shape(fixed[0])[0]
     compilable = most is not None
 
-    def step(t, token, output, states, finished, ids):
-      logits, output, states = self.next_logits(token, output, states, encoded, compilable)
-      token = tf.argmax(logits, axis=1, output_type=tf.int32)
-      token = tf.where(finished, tf.fill([batch], EOS_ID), token)
-      return t + 1, token, output, states, finished | tf.equal(token, EOS_ID), ids.write(t, token)
+    def step(t, token, carried, fixed, rows, ids):
+      logits, output, states = self.next_logits(token, *carried, EncoderOutput(*fixed, None),
+                                                compilable)
+      new = tf.argmax(logits, axis=1, output_type=tf.int32)
+      if compilable:
+        new = tf.where(tf.equal(token, EOS_ID), EOS_ID, new)
+        return t + 1, new, (output, states), fixed, rows, ids.write(t, new)
+      # rows [m]: where the running rows sit in the batch; ended ones read EOS
+      ids = ids.write(t, tf.tensor_scatter_nd_update(tf.fill([batch], EOS_ID), rows[:, None],
+                                                     new))
+      going = tf.not_equal(new, EOS_ID)
+      running = (new, (output, states), fixed, rows)
+      keep = lambda x: tf.gather(x, tf.reshape(tf.where(going), graph_constant((-1,))))
+      running = tf.cond(tf.reduce_all(going), lambda: running,
+                        lambda: tf.nest.map_structure(keep, running))
+      return (t + 1, *running, ids)
 
-    def unfinished(t, unused_token, unused_output, unused_states, finished, unused_ids):
-      return tf.logical_and(t < max_steps, tf.logical_not(tf.reduce_all(finished)))
+    def going(t, token, *unused):
+      if compilable:
+        return (t < max_steps) & tf.reduce_any(tf.not_equal(token, EOS_ID))
+      return (t < max_steps) & (tf.size(token) > 0)
 
     ids = (tf.TensorArray(tf.int32, size=0, dynamic_size=True) if most is None
            else tf.TensorArray(tf.int32, size=most))
-    start = (tf.constant(0), tf.fill([batch], GO_ID), carried[0], carried[1],
-             tf.zeros([batch], tf.bool), ids)
-    end = tf.while_loop(unfinished, step, start, maximum_iterations=most)
+    start = (tf.constant(0), tf.fill([batch], GO_ID), carried, fixed, tf.range(batch), ids)
+    end = tf.while_loop(going, step, start, maximum_iterations=most)
     return end[0], end[-1].stack()
 
   def _most_steps(self):
