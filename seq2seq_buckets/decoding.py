@@ -101,9 +101,10 @@ def greedy_ids(session, greedy_ops, buckets, sources, batch_size, max_length_rat
   """
   plan, batches = _padded_batches(sources, buckets, batch_size, max_length_ratio)
   outputs = [[] for _ in plan.sources]
+  single = _single(plan)
   for batch, padded, limits in batches:
     ops = greedy_ops[batch.bucket]
-    fetch = ops.single_ids if _single(plan) and ops.single_ids is not None else ops.ids
+    fetch = ops.single_ids if single and ops.single_ids is not None else ops.ids
     ids = session.run(fetch, {ops.encoder_inputs: padded.encoder_inputs,
                               ops.source_lengths: padded.source_lengths,
                               ops.max_steps: limits.max() + 1})  # + 1: room for EOS
@@ -123,9 +124,10 @@ def beam_search(session, beam_ops, buckets, sources, beam_size, batch_size, leng
   """
   plan, batches = _padded_batches(sources, buckets, batch_size, max_length_ratio)
   results = [[Hypothesis([], 0.0)] for _ in plan.sources]
+  single = _single(plan)
   for batch, padded, limits in batches:
     ops = beam_ops[batch.bucket]
-    ids, lengths, scores = session.run(ops.single_found if _single(plan) else ops.found, {
+    ids, lengths, scores = session.run(ops.single_found if single else ops.found, {
         ops.encoder_inputs: padded.encoder_inputs, ops.source_lengths: padded.source_lengths,
         ops.limits: limits, ops.beam_size: beam_size, ops.n_best: n_best,
         ops.alpha: length_penalty})

@@ -245,7 +245,7 @@ class Seq2SeqModel:
 
   def _compiled_greedy(self, fixed, carried, max_steps):
     """_greedy in XLA's terms: a fixed-size id array (the largest target bucket)."""
-    return self._greedy(fixed, carried, max_steps, most=self._most_steps())
+    return self._greedy(fixed, carried, max_steps, most=self._largest_bucket()[1])
 
   def _greedy(self, fixed, carried, max_steps, most=None):
     """The greedy loop; fixed, carried: see _encoding_parts -> (steps run [] int32, ids
@@ -273,7 +273,7 @@ class Seq2SeqModel:
                         lambda: tf.nest.map_structure(keep, running))
       return (t + 1, *running, ids)
 
-    def going(t, token, *unused):
+    def unfinished(t, token, *unused):
       if compilable:
         return (t < max_steps) & tf.reduce_any(tf.not_equal(token, EOS_ID))
       return (t < max_steps) & (tf.size(token) > 0)
@@ -281,12 +281,12 @@ class Seq2SeqModel:
     ids = (tf.TensorArray(tf.int32, size=0, dynamic_size=True) if most is None
            else tf.TensorArray(tf.int32, size=most))
     start = (tf.constant(0), tf.fill([batch], GO_ID), carried, fixed, tf.range(batch), ids)
-    end = tf.while_loop(going, step, start, maximum_iterations=most)
+    end = tf.while_loop(unfinished, step, start, maximum_iterations=most)
     return end[0], end[-1].stack()
 
-  def _most_steps(self):
-    """Decoder steps of the largest target bucket."""
-    return max(target for _, target in self.hp.buckets)
+  def _largest_bucket(self):
+    """(I, O): the most source positions and decoder steps of any bucket."""
+    return tuple(max(lengths) for lengths in zip(*self.hp.buckets))
 
   def _traced_function(self, python_function, encoded, specs, compiled=False):
     """python_function(fixed, carried, *args) (see _encoding_parts; args matching specs)
@@ -312,7 +312,7 @@ class Seq2SeqModel:
     probability exactly 0)."""
     memory, keys, bias = encoded.memory, encoded.keys, encoded.mask_bias
     if compiled:
-      extra = max(source for source, _ in self.hp.buckets) - memory.shape[1]
+      extra = self._largest_bucket()[0] - memory.shape[1]
       memory, keys = (tf.pad(x, [[0, 0], [0, extra], [0, 0]]) for x in (memory, keys))
       bias = tf.pad(bias, [[0, 0], [0, extra]], constant_values=MASKED)
     return [(memory, keys, bias), (self.initial_output(encoded), encoded.states)]
@@ -335,7 +335,7 @@ class Seq2SeqModel:
   def _compiled_beam_search(self, fixed, carried, limits, beam_size, n_best, alpha):
     """_beam_search of fixed shapes, with XLA-compilable steps."""
     return self._beam_search(fixed, carried, limits, beam_size, n_best, alpha,
-                             most=self._most_steps())
+                             most=self._largest_bucket()[1])
 
   def _beam_search(self, fixed, carried, limits, beam_size, n_best, alpha, most=None):
     """beam_search.search with this model's decoder step; fixed: (memory, keys, mask_bias),
