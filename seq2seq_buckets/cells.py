@@ -44,8 +44,10 @@ class _Layer:
   def step(self, state, inputs, differentiable=True, compilable=False):
     raise NotImplementedError
 
-  def sequence(self, x, state, differentiable=True):
-    """x [T, B, in] -> (outputs [T, B, units], states: tuple of [T, B, units])."""
+  def sequence(self, x, state, differentiable=True, used_steps=None):
+    """x [T, B, in] -> (outputs [T, B, units], states: tuple of [T, B, units]).
+    used_steps: ignored here (every step runs)."""
+    del used_steps
     outputs, history = [], []
     for x_t in tf.unstack(x, num=x.shape[0]):
       h, state = self.step(state, [x_t], differentiable)
@@ -74,15 +76,19 @@ class LSTMCell(_Layer):
     zeros = tf.zeros([batch, self.units])
     return (zeros, zeros)
 
-  def sequence(self, x, state, differentiable=True):
+  def sequence(self, x, state, differentiable=True, used_steps=None):
     """x [T, B, in] -> (outputs [T, B, units], states (c, h): [T, B, units] each).
 
     One fused BlockLSTM op for all T steps (same gate order and weights as `step`;
-    differentiable or not, gradients.py supplies its gradient)."""
+    differentiable or not, gradients.py supplies its gradient). used_steps (int64
+    scalar, for decoding): only the first used_steps steps run, later outputs and
+    states are zeros."""
     c, h = state
+    if used_steps is None:
+      used_steps = tf.constant(x.shape[0], tf.int64)
     with tf1.get_default_graph().gradient_override_map({"BlockLSTM": "BlockLSTMSequence"}):
       block = tf.raw_ops.BlockLSTM(
-          seq_len_max=tf.constant(x.shape[0], tf.int64), x=x, cs_prev=c, h_prev=h,
+          seq_len_max=used_steps, x=x, cs_prev=c, h_prev=h,
           w=self.kernel, wci=self._no_peephole, wcf=self._no_peephole, wco=self._no_peephole,
           b=self.bias, forget_bias=0.0, cell_clip=-1.0, use_peephole=False)
     return block.h, (block.cs, block.h)

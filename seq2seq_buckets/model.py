@@ -112,11 +112,15 @@ class Seq2SeqModel:
     x = tf.nn.embedding_lookup(self.source_embedding, tf.transpose(encoder_inputs))
     x = self._dropout(x, training)  # [I, B, E]
     last = tf.stack([tf.maximum(source_lengths - 1, 0), tf.range(tf.shape(x)[1])], axis=1)
+    # Decoding batches are sorted by length: the steps past the longest source are
+    # padding that attention masks, so they need not run.
+    used_steps = None if training else tf.cast(tf.reduce_max(source_lengths), tf.int64)
 
     def run(cell, inputs, backward=False):
       if backward:
         inputs = tf.reverse_sequence(inputs, source_lengths, seq_axis=0, batch_axis=1)
-      outputs, states = cell.sequence(inputs, cell.zero_state(tf.shape(inputs)[1]), training)
+      outputs, states = cell.sequence(inputs, cell.zero_state(tf.shape(inputs)[1]), training,
+                                      used_steps)
       final = tuple(tf.gather_nd(s, last) for s in states)
       if backward:
         outputs = tf.reverse_sequence(outputs, source_lengths, seq_axis=0, batch_axis=1)

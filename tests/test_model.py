@@ -222,3 +222,31 @@ def test_greedy_graph_equals_step_by_step_decoding(tmp_path, eos_bias):
   train_greedy = session.run(train_ops.ids, {train_ops.encoder_inputs: batch.encoder_inputs,
                                              train_ops.source_lengths: batch.source_lengths})
   np.testing.assert_array_equal(greedy, train_greedy)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"reverse_source": True}])
+def test_decoding_encoder_stops_at_the_longest_source(overrides):
+  """When not training, the encoder runs only as many steps as the batch's longest
+  source: its memory at real positions and its final states equal a full run's."""
+  hp = tiny(**overrides)
+  tg = graphs.build_training_graph(hp)
+  session = session_for(tg)
+  bucket = BUCKETS[2]
+  with tg.graph.as_default():
+    inputs = tf1.placeholder(tf.int32, [None, bucket[0]])
+    lengths = tf1.placeholder(tf.int32, [None])
+    full, trimmed = (tg.model.encode(inputs, lengths, training=training)
+                     for training in (True, False))  # tiny() has no dropout
+  batch = random_batch(bucket, seed=4)
+  longest = batch.source_lengths.max()
+  assert longest < bucket[0]
+  values = session.run([full, trimmed], {inputs: batch.encoder_inputs,
+                                         lengths: batch.source_lengths})
+  real = np.arange(bucket[0])[None, :] < batch.source_lengths[:, None]  # [B, I]
+  full_value, trimmed_value = values
+  np.testing.assert_allclose(trimmed_value.memory[real], full_value.memory[real], atol=1e-6)
+  np.testing.assert_allclose(trimmed_value.keys[real], full_value.keys[real], atol=1e-6)
+  for trimmed_state, full_state in zip(tf.nest.flatten(trimmed_value.states),
+                                       tf.nest.flatten(full_value.states)):
+    np.testing.assert_allclose(trimmed_state, full_state, atol=1e-6)
+  np.testing.assert_array_equal(trimmed_value.memory[:, longest:], 0)  # the steps not run
