@@ -147,23 +147,23 @@ class Seq2SeqModel:
     return self._dropout(tf.nn.embedding_lookup(self.target_embedding, ids), training)
 
   def decoder_step(self, embedded, previous_output, states, encoded, dropout_masks=None,
-                   training=False, compilable=False):
+                   training=False):
     """One decoder step.
 
     embedded [B, E]: this step's input token embedding; previous_output [B, H]
     (the previous attentional output, zeros at the start); states: one tuple
     per layer; dropout_masks: None, or a list of `layers` [B, H] masks: one per
     layer above the first, the last for the output; training: True when built for
-    the loss (differentiable); compilable: True inside a loop that XLA compiles (see
-    LSTMCell.step) -> (attentional output [B, H], new states).
+    the loss (differentiable; see LSTMCell.step) -> (attentional output [B, H], new
+    states).
     """
     inputs = [embedded, previous_output] if self.hp.input_feeding else [embedded]
-    x, state = self.decoder_cells[0].step(states[0], inputs, training, compilable)
+    x, state = self.decoder_cells[0].step(states[0], inputs, training)
     new_states = [state]
     for layer, (cell, state) in enumerate(zip(self.decoder_cells[1:], states[1:]), start=1):
       if dropout_masks is not None:
         x = apply_mask(x, dropout_masks[layer - 1])
-      x, state = cell.step(state, [x], training, compilable)
+      x, state = cell.step(state, [x], training)
       new_states.append(state)
     output, _ = self.attention(x, encoded.memory, encoded.keys, encoded.mask_bias)
     if dropout_masks is not None:
@@ -174,11 +174,11 @@ class Seq2SeqModel:
     """outputs [N, H] -> logits [N, V]."""
     return weight_matmul(outputs, self.output_kernel) + self.output_bias
 
-  def next_logits(self, tokens, previous_output, states, encoded, compilable=False):
+  def next_logits(self, tokens, previous_output, states, encoded):
     """A decoding step (no dropout) from the previous pieces tokens [N] int32 ->
     (logits [N, V] of the next piece, attentional output [N, H], new states)."""
     output, states = self.decoder_step(self.embed_target(tokens[None])[0], previous_output,
-                                       states, encoded, compilable=compilable)
+                                       states, encoded)
     return self.logits(output), output, states
 
   def initial_output(self, encoded):
@@ -261,8 +261,7 @@ class Seq2SeqModel:
     compilable = most is not None
 
     def step(t, token, carried, fixed, rows, ids):
-      logits, output, states = self.next_logits(token, *carried, EncoderOutput(*fixed, None),
-                                                compilable)
+      logits, output, states = self.next_logits(token, *carried, EncoderOutput(*fixed, None))
       new = tf.argmax(logits, axis=1, output_type=tf.int32)
       if compilable:
         new = tf.where(tf.equal(token, EOS_ID), EOS_ID, new)
@@ -337,7 +336,7 @@ class Seq2SeqModel:
                                        beam_size, n_best, alpha))
 
   def _compiled_beam_search(self, fixed, carried, limits, beam_size, n_best, alpha):
-    """_beam_search of fixed shapes, with XLA-compilable steps."""
+    """_beam_search of fixed shapes, which XLA compiles."""
     return self._beam_search(fixed, carried, limits, beam_size, n_best, alpha,
                              most=self._largest_bucket()[1])
 
@@ -346,8 +345,7 @@ class Seq2SeqModel:
     carried: (previous output, states); most: see beam_search.search."""
 
     def step(tokens, carried, fixed):
-      logits, output, states = self.next_logits(tokens, *carried, EncoderOutput(*fixed, None),
-                                                compilable=most is not None)
+      logits, output, states = self.next_logits(tokens, *carried, EncoderOutput(*fixed, None))
       return logits, (output, states)
 
     return tuple(beam_search.search(step, carried, fixed, limits, beam_size, n_best, alpha,

@@ -105,6 +105,26 @@ def test_gradients_equal_tf_gradients_through_lstm_steps():
         np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
+def test_decoding_lstm_step_equals_the_fused_training_step():
+  """LSTMCell.step for decoding (matmul and elementwise ops) gives the fused
+  LSTMBlockCell's h and c, over several steps from a non-zero state."""
+  graph = tf.Graph()
+  with graph.as_default():
+    cell = cells.LSTMCell(3, 4, "lstm")
+    results = []
+    for differentiable in (True, False):
+      state = (values([2, 4], 1), values([2, 4], 2))
+      for t in range(3):
+        _, state = cell.step(state, [values([2, 3], 3 + t)], differentiable)
+      results.append(state)
+    with tf1.Session(graph=graph) as session:
+      session.run(tf1.global_variables_initializer())
+      (fused_c, fused_h), (plain_c, plain_h) = session.run(results)
+  np.testing.assert_allclose(plain_c, fused_c, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(plain_h, fused_h, rtol=1e-5, atol=1e-6)
+  assert np.abs(fused_h).max() > 0.1  # not trivially equal
+
+
 @pytest.mark.parametrize("reference", ["steps", "core_block_lstm_grad"])
 def test_sequence_gradient_equals_step_and_core_gradients(reference):
   """LSTMCell.sequence (BlockLSTM with our gradient) against the same LSTM unrolled step
