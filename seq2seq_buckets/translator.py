@@ -86,7 +86,7 @@ class Translator:
     return self.buckets[-1][0]
 
   def translate(self, lines, *, beam_size=1, length_penalty=0.0, max_length_ratio=2.0,
-                n_best=1, batch_size=64):
+                n_best=1, batch_size=128):
     """lines: list of str -> Translations, one entry per line in input order.
 
     beam_size 1 runs the per-bucket greedy graphs (scores None); more runs beam

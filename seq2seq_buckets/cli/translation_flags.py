@@ -17,7 +17,7 @@ flags.DEFINE_float("length_penalty", 0.0, "GNMT length penalty alpha for beam se
                    "are log-probs divided by ((5 + length) / 6) ** alpha; 0 disables it.")
 flags.DEFINE_float("max_length_ratio", 2.0, "Translations stop after max_length_ratio x source "
                    "pieces + 5 pieces (and at the bucket's target length).")
-flags.DEFINE_integer("batch_size", 64, "Sentences per batch (with beam search, x beam_size "
+flags.DEFINE_integer("batch_size", 128, "Sentences per batch (with beam search, x beam_size "
                      "decoder rows per step).")
 FLAGS = flags.FLAGS
 
