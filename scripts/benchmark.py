@@ -799,7 +799,9 @@ def parse_args(argv=None):
   parser.add_argument("--hparams", default="{}",
                       help="JSON of hyperparameter overrides (default: the reference model)")
   parser.add_argument("--beam", type=int, default=5)
-  parser.add_argument("--batch_size", type=int, default=64, help="decoding batch size")
+  parser.add_argument("--batch_size", type=int, default=128,
+                      help="decoding batch size in sentences, for both toolkits (s2s-decode's "
+                      "default)")
   for key, value in MODES["full"].items():
     parser.add_argument(f"--{key}", type=int, default=None,
                         help=f"(full {value}, quick {MODES['quick'][key]})")
