@@ -256,14 +256,14 @@ class Seq2SeqModel:
     [T, B] int32). most: None for a growing id array (T = steps) from which rows that
     have produced EOS leave the loop (later steps run fewer rows); else the array's
     fixed size (T = most, zeros after the first `steps` rows) and every row stays,
-    repeating EOS (XLA-compilable ops)."""
+    repeating EOS (the fixed shapes XLA needs)."""
     batch = tf.shape(fixed[0])[0]
-    compilable = most is not None
+    fixed_shapes = most is not None
 
     def step(t, token, carried, fixed, rows, ids):
       logits, output, states = self.next_logits(token, *carried, EncoderOutput(*fixed, None))
       new = tf.argmax(logits, axis=1, output_type=tf.int32)
-      if compilable:
+      if fixed_shapes:
         new = tf.where(tf.equal(token, EOS_ID), EOS_ID, new)
         return t + 1, new, (output, states), fixed, rows, ids.write(t, new)
       # rows [m]: where the running rows sit in the batch; ended ones read EOS
@@ -277,7 +277,7 @@ class Seq2SeqModel:
       return (t + 1, *running, ids)
 
     def unfinished(t, token, *unused):
-      if compilable:
+      if fixed_shapes:
         return (t < max_steps) & tf.reduce_any(tf.not_equal(token, EOS_ID))
       return (t < max_steps) & (tf.size(token) > 0)
 
