@@ -109,13 +109,11 @@ class LSTMCell(_Layer):
       c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
       h = tf.sigmoid(o) * tf.tanh(c)
       return h, (c, h)
-    graph = tf1.get_default_graph()
-    with graph.gradient_override_map({"LSTMBlockCell": "LSTMBlockCellActivations"}):
-      cell = tf.raw_ops.LSTMBlockCell(
-          x=_concat(inputs), cs_prev=c, h_prev=h, w=self.kernel, wci=self._no_peephole,
-          wcf=self._no_peephole, wco=self._no_peephole, b=self.bias, forget_bias=0.0,
-          cell_clip=-1.0, use_peephole=False)
-    with graph.gradient_override_map({"IdentityN": "LSTMBlockCellStep"}):
+    cell = tf.raw_ops.LSTMBlockCell(
+        x=_concat(inputs), cs_prev=c, h_prev=h, w=self.kernel, wci=self._no_peephole,
+        wcf=self._no_peephole, wco=self._no_peephole, b=self.bias, forget_bias=0.0,
+        cell_clip=-1.0, use_peephole=False)
+    with tf1.get_default_graph().gradient_override_map({"IdentityN": "LSTMBlockCellStep"}):
       h, cs = tf.identity_n([cell.h, cell.cs, c, h, self.kernel, self.bias] + list(inputs))[:2]
     return h, (cs, h)
 

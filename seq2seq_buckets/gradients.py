@@ -41,32 +41,18 @@ def graph_constant(value):
   return cache[value]
 
 
-def _outside(tensor):
-  """The tensor of the enclosing graph that `tensor` captures, when `tensor` is a
-  function body's placeholder for one (followed outwards), else `tensor`."""
-  while hasattr(tensor.graph, "captures"):
-    outer = {internal.ref(): external for external, internal in tensor.graph.captures}
-    if tensor.ref() not in outer:
-      break
-    tensor = outer[tensor.ref()]
-  return tensor
-
-
 def transposed(kernel, known=None):
   """tf.transpose(kernel) of a weight matrix, made once per graph and shared by every
   step's gradient (or `known`, a tensor already holding it, remembered for later calls):
   MatMul with transpose_b is 2-3x slower on this CPU than with the transposed matrix
-  for the [B, out] x [out, in] products of backprop. A kernel that a function body
-  captures is transposed in the graph it comes from, so that the calls of the body's
-  gradient share one transpose too."""
-  kernel = _outside(kernel)
-  graph = kernel.graph
+  for the [B, out] x [out, in] products of backprop."""
+  graph = tf1.get_default_graph()
   cache = _PER_GRAPH.setdefault(graph, {})
   key = ("transposed", kernel.ref())
   if known is not None:
     cache[key] = known
   if key not in cache:
-    with graph.as_default(), graph.control_dependencies(None), tf1.name_scope(None):
+    with graph.control_dependencies(None), tf1.name_scope(None):
       cache[key] = tf.transpose(kernel, name="transposed_kernel")
   return cache[key]
 
@@ -109,14 +95,6 @@ def _lstm_step_grad(op, h_grad, cs_grad, *unused_grads):
   w_grad = tf.matmul(tf.concat([x, h_prev], one), dicfo, transpose_a=True)
   b_grad = tf.reduce_sum(dicfo, axis=graph_constant(0))
   return [None, None, cs_prev_grad, h_prev_grad, w_grad, b_grad] + input_grads
-
-
-@tf.RegisterGradient("LSTMBlockCellActivations")
-def _lstm_cell_activations_grad(op, *unused_grads):
-  """The LSTMBlockCell of a step passes no gradient itself: the IdentityN after it
-  carries the step's whole gradient (above). Its gate activations reach a gradient
-  only as saved values of a function body's backward pass, which no loss depends on."""
-  return [None] * len(op.inputs)
 
 
 @tf.RegisterGradient("BlockLSTMSequence")

@@ -49,11 +49,6 @@ class Seq2SeqModel:
   def __init__(self, hparams, cache_output_kernel=False):
     self.hp = hp = hparams
     self._traced = {}  # see _traced_function
-    # The training decoder step as a function: each unrolled step is one call op, and
-    # its gradient one call of a backward function that TensorFlow builds once per
-    # bucket, so Python builds a bucket's graph in half the time. Sessions inline
-    # the calls (trainer.session_config), so what runs is the plain unrolled graph.
-    self._training_step = tf.function(self._differentiable_step, autograph=False)
     self.dropout_rate = tf1.placeholder_with_default(float(hp.dropout), [], "dropout_rate")
     initializer = tf1.random_uniform_initializer(-0.1, 0.1, seed=hp.seed)
     with tf1.variable_scope("model", initializer=initializer):
@@ -175,14 +170,6 @@ class Seq2SeqModel:
       output = apply_mask(output, dropout_masks[-1])
     return output, new_states
 
-  def _differentiable_step(self, embedded, previous_output, states, memory, keys, bias,
-                           dropout_masks):
-    """decoder_step for the loss, from the EncoderOutput fields memory, keys [B, I, H]
-    and bias [B, I] (a function's arguments are tensors and nests of them)."""
-    return self.decoder_step(embedded, previous_output, states,
-                             EncoderOutput(memory, keys, bias, None), dropout_masks,
-                             training=True)
-
   def logits(self, outputs):
     """outputs [N, H] -> logits [N, V]."""
     return weight_matmul(outputs, self.output_kernel) + self.output_bias
@@ -219,8 +206,8 @@ class Seq2SeqModel:
       masks = [flat[t * hp.num_layers:(t + 1) * hp.num_layers] for t in range(steps)]
     output, states, outputs = self.initial_output(encoded), encoded.states, []
     for t in range(steps):
-      output, states = self._training_step(embedded[t], output, states, encoded.memory,
-                                           encoded.keys, encoded.mask_bias, masks[t])
+      output, states = self.decoder_step(embedded[t], output, states, encoded, masks[t],
+                                         training=True)
       outputs.append(output)
     # Only real target positions reach the projection: padding costs no softmax FLOPs.
     weights = tf.reshape(batch.target_weights, [-1])

@@ -47,19 +47,15 @@ class TrainingDiverged(UserError):
 
 
 def session_config():
-  """Threads for this machine (all cores inside ops, two ops at a time), function calls
-  inlined, and no Grappler.
+  """Threads for this machine (all cores inside ops, two ops at a time), and no Grappler.
 
   Grappler's rewrites of these large unrolled graphs cost seconds on the first run
   of every bucket (5.7 s vs 1.4 s for a (18, 20) bucket of the reference model)
-  and, measured side by side, made steps no faster. Inlining (a graph pass, not
-  Grappler) turns the decoder-step calls of the training graphs back into the
-  unrolled graph; run as calls they made steps ~15% slower.
+  and, measured side by side, made steps no faster.
   """
   cores = os.cpu_count() or 1
   config = tf1.ConfigProto(intra_op_parallelism_threads=cores, inter_op_parallelism_threads=2)
   config.graph_options.rewrite_options.disable_meta_optimizer = True
-  config.graph_options.optimizer_options.do_function_inlining = True
   return config
 
 

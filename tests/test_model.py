@@ -7,11 +7,9 @@ import pytest
 import tensorflow as tf
 
 from seq2seq_buckets import graphs
-from seq2seq_buckets import trainer
 from seq2seq_buckets.gradients import gradients
 from seq2seq_buckets.batches import pad_batch
 from seq2seq_buckets.hparams import HParams
-from seq2seq_buckets.model import Seq2SeqModel
 from seq2seq_buckets.vocab import EOS_ID, GO_ID
 
 tf1 = tf.compat.v1
@@ -40,11 +38,7 @@ def session_for(tg):
 
 
 def feed(bucket_ops, batch):
-  return feed_inputs(bucket_ops.inputs, batch)
-
-
-def feed_inputs(inputs, batch):
-  return dict(zip(inputs, batch))
+  return dict(zip(bucket_ops.inputs, batch))
 
 
 def test_trainable_variables_do_not_depend_on_bucket_count():
@@ -70,13 +64,11 @@ def test_update_through_one_bucket_changes_another():
     {"attention": "luong", "input_feeding": False}])
 def test_padding_contents_change_neither_loss_nor_gradients(overrides):
   tg = graphs.build_training_graph(tiny(**overrides))
+  session = session_for(tg)
   ops = tg.buckets[1]
   with tg.graph.as_default():
     grads = gradients(ops.loss, tf1.trainable_variables())
     grads = [tf.convert_to_tensor(g) for g in grads]
-  # after the gradients: differentiating a function call rewrites the call op, which
-  # a session that has already run the graph would not see
-  session = session_for(tg)
   batch = random_batch(BUCKETS[1], seed=3)
   noisy = [x.copy() for x in batch]
   rng = np.random.default_rng(9)
@@ -102,54 +94,14 @@ def test_initial_loss_is_near_log_vocab():
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_decoder_step_function_gives_the_loss_and_gradients_of_inline_steps(cell):
-  """The loss built from calls of the decoder-step function equals the same loss
-  built from the step's ops inline (dropout masks passed, kept at 1 by rate 0)."""
-  graph = tf.Graph()
-  with graph.as_default():
-    model = Seq2SeqModel(tiny(cell=cell, dropout=0.3))
-    inputs = graphs.bucket_placeholders(BUCKETS[1], 4, "inputs")
-    params = tf1.trainable_variables()
-    results = []
-    for step in (model._training_step, model._differentiable_step):
-      model._training_step = step
-      loss = model.loss(inputs).loss
-      results.append([loss] + [tf.convert_to_tensor(g) for g in gradients(loss, params)])
-    assert any(op.type == "PartitionedCall" for op in graph.get_operations())
-    session = tf1.Session(graph=graph, config=trainer.session_config())
-    session.run(tf1.global_variables_initializer())
-    called, inline = session.run(results, {**feed_inputs(inputs, random_batch(BUCKETS[1], seed=6)),
-                                           model.dropout_rate: 0.0})
-  assert called[0] == pytest.approx(inline[0], rel=1e-6)
-  for a, b in zip(called[1:], inline[1:]):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
-  assert all(np.abs(g).max() > 0 for g in called[1:])
-
-
-def test_training_session_runs_the_decoder_steps_inlined():
-  """trainer.session_config inlines the step calls: no call op runs in an update."""
-  tg = graphs.build_training_graph(tiny())
-  ops = tg.buckets[1]
-  session = tf1.Session(graph=tg.graph, config=trainer.session_config())
-  session.run(tg.init)
-  metadata = tf1.RunMetadata()
-  session.run(ops.update, feed(ops, random_batch(BUCKETS[1])), run_metadata=metadata,
-              options=tf1.RunOptions(trace_level=tf1.RunOptions.FULL_TRACE))
-  executed = [node.timeline_label for dev in metadata.step_stats.dev_stats
-              for node in dev.node_stats]
-  assert any("LSTMBlockCell" in label for label in executed)
-  assert not any("PartitionedCall(" in label for label in executed)
-
-
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_gradient_matches_finite_differences(cell):
   tg = graphs.build_training_graph(tiny(cell=cell, size=8, embedding_size=8))
+  session = session_for(tg)
   ops = tg.buckets[0]
   batch = feed(ops, random_batch(BUCKETS[0], seed=4))
   with tg.graph.as_default():
     params = tf1.trainable_variables()
     grads = [tf.convert_to_tensor(g) for g in gradients(ops.loss, params)]
-    session = session_for(tg)  # after the gradients (see the test above)
     values = session.run(params)
     rng = np.random.default_rng(0)
     direction = [rng.standard_normal(v.shape).astype(np.float32) for v in values]
