@@ -11,12 +11,12 @@ RSS is that part's alone, read with os.wait4 or getrusage):
   machine   CPU model, cores, memory, load average; fp32 matmul GFLOP/s peak (large
             square matmul through TensorFlow, best of several runs; measured in
             the speed subprocess once its training sessions are closed).
-  prepare   wall time of `s2s-prepare` (auto:4 buckets) on Multi30k; a second
+  prepare   wall time of `s2s-prepare` (the recipe's buckets) on Multi30k; a second
             directory with one max-length bucket (the padded baseline) from the
             same SentencePiece models.
   speed     graph build (training graph, init, inference graph); training
             target tokens/s (real target tokens, EOS included, no padding) with
-            the auto:4 buckets and with the single bucket: same model, warmed up,
+            the recipe's buckets and with the single bucket: same model, warmed up,
             repetitions interleaved, median per mode and their ratio; padding
             efficiency of both; model FLOPs per target token (analytic) and the
             fraction of the matmul peak that training reaches (mfu).
@@ -50,6 +50,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DATA = os.path.normpath(os.path.join(REPO, "..", "shared", "data", "multi30k"))
+RECIPE_PREPARE = os.path.join(REPO, "configs", "multi30k_en_de.prepare.cfg")
 CACHE = os.path.join(os.path.expanduser("~"), ".cache", "seq2seq_buckets")
 DEFAULT_PEER_VENV = os.environ.get("S2S_PEER_VENV", os.path.join(CACHE, "peer_venv"))
 PEER_SETUP = os.path.join(REPO, "scripts", "peer", "setup_peer.sh")
@@ -138,6 +139,15 @@ def training_flops(hp, source_len, target_len):
   return 3 * forward_flops(hp, source_len, target_len)
 
 
+def recipe_buckets():
+  """The --buckets value of the Multi30k En->De recipe (the reference model's buckets)."""
+  with open(RECIPE_PREPARE, encoding="utf-8") as f:
+    for line in f:
+      if line.startswith("--buckets="):
+        return line.strip().split("=", 1)[1]
+  raise ValueError(f"{RECIPE_PREPARE}: no --buckets line")
+
+
 def median(values):
   return float(statistics.median(values)) if values else None
 
@@ -176,13 +186,13 @@ def _fmt(value, digits=None):
 
 # (key, label, digits) rows of the table, in order; absent keys are skipped.
 TABLE_ROWS = [
-    ("prepare_s", "prepare Multi30k (s2s-prepare, auto:4 buckets), s", 1),
+    ("prepare_s", "prepare Multi30k (s2s-prepare, {buckets} buckets), s", 1),
     ("graph_build_s", "build training + inference graphs and init, s", 1),
     ("first_run_s", "first step of every bucket (TensorFlow graph optimisation), s", 1),
-    ("train_tokens_per_s_bucketed", "training, target tokens/s, auto:4 buckets", 0),
+    ("train_tokens_per_s_bucketed", "training, target tokens/s, {buckets} buckets", 0),
     ("train_tokens_per_s_padded", "training, target tokens/s, one max-length bucket", 0),
     ("bucket_speedup", "bucket speedup (bucketed / padded)", 2),
-    ("padding_efficiency_bucketed", "padding efficiency, auto:4 buckets", 3),
+    ("padding_efficiency_bucketed", "padding efficiency, {buckets} buckets", 3),
     ("padding_efficiency_padded", "padding efficiency, one bucket", 3),
     ("flops_per_target_token", "model FLOPs per target token (training, analytic)", None),
     ("achieved_gflops", "achieved model GFLOP/s (bucketed training)", 1),
@@ -248,10 +258,11 @@ def markdown_table(results):
     lines[1:1] = ["", f"Note: the machine was busy (load average up to {load:.1f} on "
                   f"{m['cores']} cores): these figures are noisy, and the OpenNMT-py ones "
                   "suffer most (its OpenMP threads stall when cores are oversubscribed)."]
+  buckets = results.get("settings", {}).get("buckets", "auto")
   for key, label, digits in TABLE_ROWS:
     if results.get(key) is None:
       continue
-    lines.append(f"| {label} | {_fmt(results[key], digits)} | {_goal_text(key, results[key])} |")
+    lines.append(f"| {label.format(buckets=buckets)} | {_fmt(results[key], digits)} | {_goal_text(key, results[key])} |")
   return "\n".join(lines) + "\n"
 
 
@@ -794,7 +805,9 @@ def parse_args(argv=None):
                       help="where to write the results")
   parser.add_argument("--peer_venv", default=DEFAULT_PEER_VENV,
                       help="virtualenv for OpenNMT-py (created by scripts/peer/setup_peer.sh)")
-  parser.add_argument("--buckets", default="auto:4", help="buckets of the bucketed mode")
+  parser.add_argument("--buckets", default=recipe_buckets(),
+                      help="buckets of the bucketed mode (default: the recipe's, from "
+                      f"{os.path.relpath(RECIPE_PREPARE, REPO)})")
   parser.add_argument("--vocab_size", type=int, default=8000)
   parser.add_argument("--hparams", default="{}",
                       help="JSON of hyperparameter overrides (default: the reference model)")
@@ -822,7 +835,7 @@ def main(argv=None):
   mode = "quick" if args.quick else "full"
   settings = {k: (getattr(args, k) if getattr(args, k) is not None else v)
               for k, v in MODES[mode].items()}
-  settings.update(beam=args.beam, batch_size=args.batch_size)
+  settings.update(beam=args.beam, batch_size=args.batch_size, buckets=args.buckets)
   overrides = json.loads(args.hparams)
   paths = corpus_paths(args.data, args.src, args.tgt)
   for path in paths.values():

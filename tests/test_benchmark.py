@@ -22,6 +22,7 @@ def _load():
 
 RESULTS = {
     "mode": "quick", "date": "2026-11-28 10:00", "model_steps": 30,
+    "settings": {"buckets": "auto:6"},
     "machine": {"cpu_model": "AMD EPYC 7B13", "cores": 2, "memory_gib": 23.4,
                 "tensorflow": "2.21.0", "python": "3.11.7", "load_average": 3.1},
     "matmul_gflops": 101.25, "prepare_s": 4.2, "graph_build_s": 12.5,
@@ -46,7 +47,7 @@ def test_markdown_table_formats_a_given_dict():
   assert "2 cores" in lines[0] and "101.2 GFLOP/s" in lines[0] and "load average" in lines[0]
   assert "| figure | value | goal |" in lines
   assert any(line.startswith("Note: the machine was busy (load average up to 3.1") for line in lines)
-  assert "| training, target tokens/s, auto:4 buckets | 6,000 |  |" in lines
+  assert "| training, target tokens/s, auto:6 buckets | 6,000 |  |" in lines
   assert "| bucket speedup (bucketed / padded) | 3.00 | >= 2.5 (met) |" in lines
   assert "| mfu (achieved / measured matmul peak) | 0.420 | >= 0.5 (missed) |" in lines
   assert "| interactive greedy p50 / sentence, ms | 9.9 | <= 15 (met) |" in lines
