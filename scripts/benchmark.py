@@ -262,7 +262,8 @@ def markdown_table(results):
   for key, label, digits in TABLE_ROWS:
     if results.get(key) is None:
       continue
-    lines.append(f"| {label.format(buckets=buckets)} | {_fmt(results[key], digits)} | {_goal_text(key, results[key])} |")
+    lines.append(f"| {label.format(buckets=buckets)} | {_fmt(results[key], digits)} | "
+                 f"{_goal_text(key, results[key])} |")
   return "\n".join(lines) + "\n"
 
 
