@@ -48,6 +48,8 @@ import sys
 import tempfile
 import time
 
+from seq2seq_buckets.batches import DECODE_BATCH_SIZE
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DATA = os.path.normpath(os.path.join(REPO, "..", "shared", "data", "multi30k"))
 RECIPE_PREPARE = os.path.join(REPO, "configs", "multi30k_en_de.prepare.cfg")
@@ -813,7 +815,7 @@ def parse_args(argv=None):
   parser.add_argument("--hparams", default="{}",
                       help="JSON of hyperparameter overrides (default: the reference model)")
   parser.add_argument("--beam", type=int, default=5)
-  parser.add_argument("--batch_size", type=int, default=128,
+  parser.add_argument("--batch_size", type=int, default=DECODE_BATCH_SIZE,
                       help="decoding batch size in sentences, for both toolkits (s2s-decode's "
                       "default)")
   for key, value in MODES["full"].items():

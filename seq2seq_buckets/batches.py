@@ -6,6 +6,11 @@ import numpy as np
 
 from seq2seq_buckets.vocab import EOS_ID, GO_ID, PAD_ID
 
+# Sentences per decoding batch by default (s2s-decode, s2s-evaluate, the benchmark):
+# against 64, one process alternating passes over test_2016_flickr ran greedy 1.12x
+# and beam 5 1.09x, with the same outputs.
+DECODE_BATCH_SIZE = 128
+
 # One batch for bucket (I, O); B = batch size.
 #   encoder_inputs  [B, I] int32   source pieces, right-padded with PAD
 #   source_lengths  [B]    int32   real source pieces (the attention and encoder mask)

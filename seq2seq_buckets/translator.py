@@ -15,6 +15,7 @@ from seq2seq_buckets import graphs
 from seq2seq_buckets import hparams as hparams_lib
 from seq2seq_buckets import trainer
 from seq2seq_buckets import vocab
+from seq2seq_buckets.batches import DECODE_BATCH_SIZE
 from seq2seq_buckets.errors import UserError
 
 tf1 = tf.compat.v1
@@ -86,7 +87,7 @@ class Translator:
     return self.buckets[-1][0]
 
   def translate(self, lines, *, beam_size=1, length_penalty=0.0, max_length_ratio=2.0,
-                n_best=1, batch_size=128):
+                n_best=1, batch_size=DECODE_BATCH_SIZE):
     """lines: list of str -> Translations, one entry per line in input order.
 
     beam_size 1 runs the per-bucket greedy graphs (scores None); more runs beam

@@ -5,6 +5,7 @@ import time
 
 from absl import flags
 
+from seq2seq_buckets.batches import DECODE_BATCH_SIZE
 from seq2seq_buckets.cli import common
 
 flags.DEFINE_string("train_dir", None, "Directory written by s2s-train; the model, its "
@@ -17,8 +18,8 @@ flags.DEFINE_float("length_penalty", 0.0, "GNMT length penalty alpha for beam se
                    "are log-probs divided by ((5 + length) / 6) ** alpha; 0 disables it.")
 flags.DEFINE_float("max_length_ratio", 2.0, "Translations stop after max_length_ratio x source "
                    "pieces + 5 pieces (and at the bucket's target length).")
-flags.DEFINE_integer("batch_size", 128, "Sentences per batch (with beam search, x beam_size "
-                     "decoder rows per step).")
+flags.DEFINE_integer("batch_size", DECODE_BATCH_SIZE, "Sentences per batch (with beam "
+                     "search, x beam_size decoder rows per step).")
 FLAGS = flags.FLAGS
 
 
