@@ -12,7 +12,9 @@ what cuts it:
 - `transposed`, `weight_matmul`: backprop multiplies by a transposed copy of each
   kernel made once per graph, as MatMul with transpose_b is 2-3x slower here;
 - `gradients`: tf.gradients without zeros for IdentityN outputs that get no
-  gradient (TensorFlow's optimize_identity_n).
+  gradient (TensorFlow's optimize_identity_n), and with the weight gradients of
+  the unrolled steps taken as one matmul per weight over every step's rows
+  (`_WeightRows`) instead of one small matmul per step and their sum.
 - `apply_mask`, `add_across_positions`, `plain_einsum`: a Mul, a broadcasting
   AddV2 and a two-operand Einsum with one-op gradients where TensorFlow's
   general ones add shape, reshape and constant ops.
@@ -27,6 +29,8 @@ from tensorflow.python.ops import gradients_util
 tf1 = tf.compat.v1
 
 _PER_GRAPH = weakref.WeakKeyDictionary()
+# The _WeightRows of the `gradients` call being built (None outside one).
+_weight_rows = None
 
 
 def graph_constant(value):
@@ -57,11 +61,51 @@ def transposed(kernel, known=None):
   return cache[key]
 
 
+class _WeightRows:
+  """The rows that make a weight's gradient, gathered from every unrolled step.
+
+  A weight used by T steps has gradient sum_t x_t^T dy_t. Per step that is T
+  matmuls with only B rows each plus an AddN of T [in, out] matrices; `products`
+  makes it one matmul over all T*B rows: fewer ops to build and a better-shaped
+  product to run.
+  """
+
+  def __init__(self):
+    self._rows = {}  # kernel.ref() -> (kernel, bias or None, [x column blocks], [dy])
+
+  def add(self, kernel, columns, dy, bias=None):
+    """kernel [in, out] gets columns^T dy: columns, a list of [N, k_i] (sum k_i = in, in
+    kernel row order), dy [N, out]; bias [out] (optional) gets dy summed over rows."""
+    entry = self._rows.setdefault(kernel.ref(), (kernel, bias, [], []))
+    entry[2].append(columns)
+    entry[3].append(dy)
+
+  def products(self):
+    """-> (tensors, their gradients): kernels (and biases) and the summed products."""
+    tensors, grads = [], []
+    zero, one = graph_constant(0), graph_constant(1)
+    for kernel, bias, columns, dys in self._rows.values():
+      dy = tf.concat(dys, zero)  # [T*N, out]
+      x = [tf.concat(blocks, zero) for blocks in zip(*columns)]
+      x = x[0] if len(x) == 1 else tf.concat(x, one)  # [T*N, in]
+      tensors.append(kernel)
+      grads.append(tf.matmul(x, dy, transpose_a=True))
+      if bias is not None:
+        tensors.append(bias)
+        grads.append(tf.reduce_sum(dy, axis=zero))
+    return tensors, grads
+
+
 @tf.RegisterGradient("WeightMatMul")
 def _weight_matmul_grad(op, grad):
-  """x [N, in] @ kernel [in, out]: dx = grad @ kernel^T through `transposed`."""
+  """x [N, in] @ kernel [in, out]: dx = grad @ kernel^T through `transposed`; the
+  kernel's gradient is left to _weight_rows inside `gradients`."""
   x, kernel = op.inputs
-  return tf.matmul(grad, transposed(kernel)), tf.matmul(x, grad, transpose_a=True)
+  x_grad = tf.matmul(grad, transposed(kernel))
+  if _weight_rows is not None:
+    _weight_rows.add(kernel, [x], grad)
+    return x_grad, None
+  return x_grad, tf.matmul(x, grad, transpose_a=True)
 
 
 def weight_matmul(x, kernel):
@@ -92,8 +136,12 @@ def _lstm_step_grad(op, h_grad, cs_grad, *unused_grads):
   sizes = tuple(t.shape[1] for t in inputs) + (h_prev.shape[1],)
   *input_grads, h_prev_grad = tf.split(tf.matmul(dicfo, transposed(w)),
                                        graph_constant(sizes), axis=one)
-  w_grad = tf.matmul(tf.concat([x, h_prev], one), dicfo, transpose_a=True)
-  b_grad = tf.reduce_sum(dicfo, axis=graph_constant(0))
+  if _weight_rows is not None:
+    _weight_rows.add(op.inputs[4], [x, h_prev], dicfo, bias=op.inputs[5])
+    w_grad = b_grad = None
+  else:
+    w_grad = tf.matmul(tf.concat([x, h_prev], one), dicfo, transpose_a=True)
+    b_grad = tf.reduce_sum(dicfo, axis=graph_constant(0))
   return [None, None, cs_prev_grad, h_prev_grad, w_grad, b_grad] + input_grads
 
 
@@ -142,10 +190,24 @@ def _block_lstm_grad(op, *grads):
 def gradients(loss, variables):
   """tf.gradients(loss, variables), except that IdentityN outputs without a gradient get
   no zeros (TensorFlow's optimize_identity_n): each LSTM step would otherwise add five
-  ZerosLike ops for the cell outputs it does not use."""
+  ZerosLike ops for the cell outputs it does not use; and that the LSTM steps' and
+  weight_matmul's weight gradients are gathered (`_WeightRows`), taken after the
+  backward pass as one product per weight, and carried back to the variables by a
+  second, small tf.gradients from the kernels (reads, splits, transposes)."""
+  global _weight_rows
+  helper = gradients_util._GradientsHelper  # pylint: disable=protected-access
   with tf1.get_default_graph()._mutation_lock():  # pylint: disable=protected-access
-    return gradients_util._GradientsHelper(  # pylint: disable=protected-access
-        [loss], variables, optimize_identity_n=True)
+    _weight_rows = rows = _WeightRows()
+    try:
+      grads = helper([loss], variables, optimize_identity_n=True)
+    finally:
+      _weight_rows = None
+    tensors, tensor_grads = rows.products()
+    if not tensors:
+      return grads
+    extra = helper(tensors, variables, grad_ys=tensor_grads)
+  return [g if e is None else e if g is None else tf.convert_to_tensor(g) + e
+          for g, e in zip(grads, extra)]
 
 
 @tf.RegisterGradient("MaskMul")
