@@ -48,8 +48,13 @@ class _Layer:
 
   def sequence(self, x, state, differentiable=True, used_steps=None):
     """x [T, B, in] -> (outputs [T, B, units], states: tuple of [T, B, units]).
-    used_steps: ignored here (every step runs)."""
+    Unrolled when T is static; otherwise (decoding a source of any length) the step
+    runs in a while loop. used_steps: ignored here (every step runs)."""
     del used_steps
+    if x.shape[0] is None:
+      states = tf.scan(lambda state, x_t: self.step(state, [x_t], differentiable)[1], x,
+                       initializer=tuple(state))
+      return states[-1], states
     outputs, history = [], []
     for x_t in tf.unstack(x, num=x.shape[0]):
       h, state = self.step(state, [x_t], differentiable)

@@ -92,10 +92,10 @@ def _padded_batches(sources, buckets, batch_size, max_length_ratio):
   return plan, batches()
 
 
-def greedy_ids(session, greedy_ops, buckets, sources, batch_size, max_length_ratio=2.0):
-  """Greedy outputs for every source, in input order, through the per-bucket greedy graphs.
+def greedy_ids(session, ops, buckets, sources, batch_size, max_length_ratio=2.0):
+  """Greedy outputs for every source, in input order, batched by bucket.
 
-  greedy_ops: per bucket a graphs.GreedyOps. Returns (list of
+  ops: a graphs.GreedyOps (it takes any bucket's batches). Returns (list of
   output id lists, indices of truncated sources). A single non-empty source runs
   through single_ids, when the ops have it (beam search: single_found).
   """
@@ -103,7 +103,6 @@ def greedy_ids(session, greedy_ops, buckets, sources, batch_size, max_length_rat
   outputs = [[] for _ in plan.sources]
   single = _single(plan)
   for batch, padded, limits in batches:
-    ops = greedy_ops[batch.bucket]
     fetch = ops.single_ids if single and ops.single_ids is not None else ops.ids
     ids = session.run(fetch, {ops.encoder_inputs: padded.encoder_inputs,
                               ops.source_lengths: padded.source_lengths,
@@ -113,12 +112,12 @@ def greedy_ids(session, greedy_ops, buckets, sources, batch_size, max_length_rat
   return outputs, plan.truncated
 
 
-def beam_search(session, beam_ops, buckets, sources, beam_size, batch_size, length_penalty=0.0,
+def beam_search(session, ops, buckets, sources, beam_size, batch_size, length_penalty=0.0,
                 n_best=1, max_length_ratio=2.0):
-  """Beam search for every source, in input order, through the per-bucket beam graphs.
+  """Beam search for every source, in input order, batched by bucket.
 
-  beam_ops: per bucket a graphs.BeamOps; batch_size counts sentences (a step runs
-  up to batch_size * beam_size decoder rows); length_penalty: the GNMT alpha.
+  ops: a graphs.BeamOps (it takes any bucket's batches); batch_size counts sentences (a
+  step runs up to batch_size * beam_size decoder rows); length_penalty: the GNMT alpha.
   Returns (per source its n_best best Hypothesis, best first ([Hypothesis([], 0.0)]
   for an empty source), indices of truncated sources).
   """
@@ -126,7 +125,6 @@ def beam_search(session, beam_ops, buckets, sources, beam_size, batch_size, leng
   results = [[Hypothesis([], 0.0)] for _ in plan.sources]
   single = _single(plan)
   for batch, padded, limits in batches:
-    ops = beam_ops[batch.bucket]
     ids, lengths, scores = session.run(ops.single_found if single else ops.found, {
         ops.encoder_inputs: padded.encoder_inputs, ops.source_lengths: padded.source_lengths,
         ops.limits: limits, ops.beam_size: beam_size, ops.n_best: n_best,

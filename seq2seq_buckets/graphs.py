@@ -1,12 +1,14 @@
 """Graph factories: one tf.Graph per mode holding every bucket's pieces.
 
 Training graph: per bucket a placeholder BatchedInput, its loss, update op and
-gradient norm (dev loss: the same loss with model.dropout_rate fed 0.0) and a
-greedy decoder (a while loop over the decoder step). Inference graph: per bucket
-an encoder with a greedy decoder (a while loop) and calls of the beam search (one
-while loop) and of XLA-compiled greedy and beam loops for single sentences; those
-are traced once for all buckets. Train and inference share weights
-through checkpoints.
+gradient norm (dev loss: the same loss with model.dropout_rate fed 0.0), and one
+greedy decoder (a while loop over the decoder step) for dev BLEU. Inference
+graph: one encoder with a greedy decoder (a while loop) and calls of the beam
+search (one while loop) and of XLA-compiled greedy and beam loops for single
+sentences. Training unrolls a graph per bucket; decoding needs no per-bucket
+copy: its loops take any batch and source length, so one set of decoding ops
+serves every bucket (callers still batch by bucket and pad to its length).
+Train and inference share weights through checkpoints.
 """
 
 import collections
@@ -24,8 +26,7 @@ tf1.disable_eager_execution()
 
 # update: runs the optimizer step and yields the global step after it (int64 scalar).
 BucketTrainOps = collections.namedtuple(
-    "BucketTrainOps", ["inputs", "loss", "nll_sum", "tokens", "grad_norm", "update",
-                       "greedy"])
+    "BucketTrainOps", ["inputs", "loss", "nll_sum", "tokens", "grad_norm", "update"])
 # eval_state: name -> variable for the evaluation bookkeeping in EVAL_STATE;
 # eval_setters: name -> (placeholder, assign op) to write it.
 TrainState = collections.namedtuple(
@@ -34,16 +35,17 @@ TrainState = collections.namedtuple(
 # Evaluation bookkeeping kept in the checkpoint, with its initial values.
 EVAL_STATE = {"best_dev_loss": float("inf"), "recent_dev_losses": [float("inf")] * 3,
               "best_bleu": -1.0, "bad_evals": 0}
+# greedy: GreedyOps for dev BLEU, shared by all buckets.
 TrainingGraph = collections.namedtuple(
-    "TrainingGraph", ["graph", "model", "buckets", "state", "init", "saver"])
+    "TrainingGraph", ["graph", "model", "buckets", "greedy", "state", "init", "saver"])
 
-# Greedy decoding over a bucket's encoder: placeholders encoder_inputs [N, I],
-# source_lengths [N], max_steps [] -> ids [N, T] (see Seq2SeqModel.greedy);
+# Greedy decoding: placeholders encoder_inputs [N, I] (any I: a bucket's source
+# length), source_lengths [N], max_steps [] -> ids [N, T] (see Seq2SeqModel.greedy);
 # single_ids: the same through the XLA-compiled loop, for N = 1 (None in the
 # training graph).
 GreedyOps = collections.namedtuple(
     "GreedyOps", ["encoder_inputs", "source_lengths", "max_steps", "ids", "single_ids"])
-# Beam search over a bucket's encoder: placeholders limits [N] (most output pieces per
+# Beam search: as GreedyOps, with placeholders limits [N] (most output pieces per
 # sentence), beam_size, n_best, alpha (the GNMT length penalty) -> found, a
 # beam_search.Found; single_found: the same through the XLA-compiled search, for N = 1.
 BeamOps = collections.namedtuple(
@@ -69,17 +71,17 @@ def bucket_placeholders(bucket, batch_size, name):
         tf1.placeholder(tf.float32, [batch_size, target_len], "target_weights"))
 
 
-def encoder_placeholders(bucket):
-  """encoder_inputs [N, I] and source_lengths [N] placeholders for bucket (I, O)."""
-  return (tf1.placeholder(tf.int32, [None, bucket[0]], "encoder_inputs"),
+def encoder_placeholders():
+  """encoder_inputs [N, I] and source_lengths [N] placeholders, for any N and I."""
+  return (tf1.placeholder(tf.int32, [None, None], "encoder_inputs"),
           tf1.placeholder(tf.int32, [None], "source_lengths"))
 
 
-def greedy_ops(model, bucket, encoder_inputs, lengths, encoded, single=False):
-  """GreedyOps for bucket (I, O) over `encoded` (the encoding of encoder_inputs [N, I],
-  lengths [N]): max_steps [] (default O) -> ids [N, T], T <= max_steps
-  (see Seq2SeqModel.greedy); single: also single_ids."""
-  max_steps = tf1.placeholder_with_default(bucket[1], [], "max_steps")
+def greedy_ops(model, encoder_inputs, lengths, encoded, single=False):
+  """GreedyOps over `encoded` (the encoding of encoder_inputs [N, I], lengths [N]):
+  max_steps [] -> ids [N, T], T <= max_steps (see Seq2SeqModel.greedy); single: also
+  single_ids."""
+  max_steps = tf1.placeholder(tf.int32, [], "max_steps")
   single_ids = model.greedy(encoded, max_steps, compiled=True) if single else None
   return GreedyOps(encoder_inputs, lengths, max_steps, model.greedy(encoded, max_steps),
                    single_ids)
@@ -113,7 +115,7 @@ def _train_state(hparams):
 
 
 def build_training_graph(hparams, max_checkpoints=5):
-  """The training graph: every bucket's update, dev loss and greedy decoder."""
+  """The training graph: every bucket's update and dev loss, and the greedy decoder."""
   graph = tf.Graph()
   with graph.as_default():
     tf1.set_random_seed(hparams.seed)
@@ -135,32 +137,30 @@ def build_training_graph(hparams, max_checkpoints=5):
         with tf.control_dependencies([optimizer.apply_gradients(zip(clipped, params),
                                                                 global_step=state.global_step)]):
           update = tf.identity(state.global_step.read_value(), "new_global_step")
-      with tf1.name_scope(f"bucket_{b}/greedy"):
-        encoder_inputs, lengths = encoder_placeholders(bucket)
-        greedy = greedy_ops(model, bucket, encoder_inputs, lengths,
-                            model.encode(encoder_inputs, lengths, training=False))
       buckets.append(BucketTrainOps(inputs, loss.loss, loss.nll_sum, loss.tokens, grad_norm,
-                                    update, greedy))
+                                    update))
+    with tf1.name_scope("greedy"):
+      encoder_inputs, lengths = encoder_placeholders()
+      greedy = greedy_ops(model, encoder_inputs, lengths,
+                          model.encode(encoder_inputs, lengths, training=False))
     init = tf1.global_variables_initializer()
     # relative paths in the checkpoint file: a train_dir can be moved or copied
     saver = tf1.train.Saver(max_to_keep=max_checkpoints, save_relative_paths=True)
-  return TrainingGraph(graph, model, buckets, state, init, saver)
+  return TrainingGraph(graph, model, buckets, greedy, state, init, saver)
 
 
 def build_inference_graph(hparams):
-  """The decoding graph: per bucket an encoder, its greedy decoder and its beam search."""
+  """The decoding graph: an encoder, its greedy decoder and its beam search, for every
+  bucket (see the module docstring)."""
   graph = tf.Graph()
   with graph.as_default():
     model = Seq2SeqModel(hparams, cache_output_kernel=True)
     tf1.train.get_or_create_global_step()
-    greedy, beam = [], []
-    for b, bucket in enumerate(hparams.buckets):
-      with tf1.name_scope(f"bucket_{b}"):
-        enc_inputs, lengths = encoder_placeholders(bucket)
-        encoded = model.encode(enc_inputs, lengths, training=False)
-        greedy.append(greedy_ops(model, bucket, enc_inputs, lengths, encoded, single=True))
-        with tf1.name_scope("beam"):
-          beam.append(beam_ops(model, enc_inputs, lengths, encoded))
+    enc_inputs, lengths = encoder_placeholders()
+    encoded = model.encode(enc_inputs, lengths, training=False)
+    greedy = greedy_ops(model, enc_inputs, lengths, encoded, single=True)
+    with tf1.name_scope("beam"):
+      beam = beam_ops(model, enc_inputs, lengths, encoded)
     saver = tf1.train.Saver(tf1.global_variables())
   return InferenceGraph(graph, model, greedy, beam, saver)
 

@@ -104,9 +104,10 @@ class Seq2SeqModel:
 
   # --- encoder -------------------------------------------------------------------------
   def encode(self, encoder_inputs, source_lengths, training):
-    """encoder_inputs [B, I] int32, source_lengths [B] int32 -> EncoderOutput."""
+    """encoder_inputs [B, I] int32 (I static when training), source_lengths [B] int32 ->
+    EncoderOutput."""
     hp = self.hp
-    steps = encoder_inputs.shape[1]
+    steps = encoder_inputs.shape[1] or tf.shape(encoder_inputs)[1]
     if hp.reverse_source:
       encoder_inputs = tf.reverse_sequence(encoder_inputs, source_lengths, seq_axis=1, batch_axis=0)
     x = tf.nn.embedding_lookup(self.source_embedding, tf.transpose(encoder_inputs))
@@ -315,7 +316,7 @@ class Seq2SeqModel:
     probability exactly 0)."""
     memory, keys, bias = encoded.memory, encoded.keys, encoded.mask_bias
     if compiled:
-      extra = self._largest_bucket()[0] - memory.shape[1]
+      extra = self._largest_bucket()[0] - tf.shape(memory)[1]
       memory, keys = (tf.pad(x, [[0, 0], [0, extra], [0, 0]]) for x in (memory, keys))
       bias = tf.pad(bias, [[0, 0], [0, extra]], constant_values=MASKED)
     return [(memory, keys, bias), (self.initial_output(encoded), encoded.states)]

@@ -228,8 +228,7 @@ def train(*, data_dir, train_dir, overrides, options, log=print):
     result = {"step": step, "dev_loss": dev_loss, "dev_ppl": math.exp(min(dev_loss, 50)),
               "dev_ppl_per_bucket": per_bucket}
     if options.steps_per_bleu and step % options.steps_per_bleu == 0 and dev_src:
-      ids, _ = decoding.greedy_ids(session, [bt.greedy for bt in tg.buckets], hp.buckets,
-                                   dev_src_ids, 128)
+      ids, _ = decoding.greedy_ids(session, tg.greedy, hp.buckets, dev_src_ids, 128)
       hyps = [tgt_spm.decode(i) for i in ids]
       result["dev_bleu"] = sacrebleu.corpus_bleu(hyps, [dev_ref]).score
     return result

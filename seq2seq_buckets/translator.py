@@ -1,8 +1,8 @@
 """A trained model loaded once from its train_dir, translating lists of lines.
 
 Used by s2s-decode, s2s-evaluate --train_dir and the benchmark. Loading builds
-the inference graph (per bucket an encoder, its greedy decoder and its beam
-search) and restores a checkpoint; every `translate` call then only runs it.
+the inference graph (an encoder, its greedy decoder and its beam search, fed
+one bucket's batch at a time) and restores a checkpoint; every `translate` call then only runs it.
 """
 
 import collections
@@ -90,7 +90,7 @@ class Translator:
                 n_best=1, batch_size=DECODE_BATCH_SIZE):
     """lines: list of str -> Translations, one entry per line in input order.
 
-    beam_size 1 runs the per-bucket greedy graphs (scores None); more runs beam
+    beam_size 1 runs the greedy decoder (scores None); more runs beam
     search with the GNMT length penalty alpha = length_penalty (0: none).
     batch_size counts sentences per session.run.
     """

@@ -53,30 +53,33 @@ def test_plan_covers_every_source_once_in_its_bucket(seed):
     assert plan.sources[i] == sources[i][:BUCKETS[-1][0]]
 
 
-class BucketStub:
-  """Stands in for graphs.GreedyOps and graphs.BeamOps of a bucket (I, O): feed keys, and
-  an `ids` (greedy) or `found` (beam) fetch."""
+class OpsStub:
+  """Stands in for graphs.GreedyOps and graphs.BeamOps: feed keys, and an `ids` (greedy)
+  or `found` (beam) fetch."""
 
-  def __init__(self, b, bucket):
-    self.encoder_inputs, self.source_lengths = f"in_{b}", f"lengths_{b}"
-    self.max_steps, self.limits = f"max_steps_{b}", f"limits_{b}"
-    self.beam_size, self.n_best, self.alpha = f"beam_size_{b}", f"n_best_{b}", f"alpha_{b}"
-    self.ids, self.found, self.bucket = object(), object(), bucket
+  def __init__(self):
+    self.encoder_inputs, self.source_lengths = "in", "lengths"
+    self.max_steps, self.limits = "max_steps", "limits"
+    self.beam_size, self.n_best, self.alpha = "beam_size", "n_best", "alpha"
+    self.ids, self.found = object(), object()
 
 
 class EchoSession:
-  """Stands in for a session running BucketStub ops: outputs the source + 100, then EOS,
-  at most max_steps (greedy) or limits (beam, n_best copies) pieces."""
+  """Stands in for a session running OpsStub ops on batches padded to a bucket's source
+  length: outputs the source + 100, then EOS, at most the bucket's O, max_steps (greedy)
+  or limits (beam, n_best copies) pieces."""
 
   def __init__(self, ops):
     self.ops, self.batch_sizes = ops, []
 
   def run(self, fetch, feed):
-    ops = next(o for o in self.ops if fetch in (o.ids, o.found))
+    ops = self.ops
     inputs, lengths = feed[ops.encoder_inputs], feed[ops.source_lengths]
-    assert inputs.shape[1] == ops.bucket[0]
+    widths = [source_len for source_len, _ in BUCKETS]
+    assert inputs.shape[1] in widths, inputs.shape
+    bucket = BUCKETS[widths.index(inputs.shape[1])]
     self.batch_sizes.append(len(inputs))
-    out = np.full([len(inputs), ops.bucket[1]], EOS_ID)
+    out = np.full([len(inputs), bucket[1]], EOS_ID)
     for row, length in enumerate(lengths):
       out[row, :length] = inputs[row, :length] + 100
     if fetch is ops.ids:
@@ -92,7 +95,7 @@ class EchoSession:
 def test_outputs_come_back_in_input_order(seed, beam):
   rng = random.Random(seed)
   sources = random_sources(rng, rng.randint(1, 50))
-  ops = [BucketStub(b, bucket) for b, bucket in enumerate(BUCKETS)]
+  ops = OpsStub()
   session = EchoSession(ops)
   if beam:
     found, truncated = decoding.beam_search(session, ops, BUCKETS, sources, beam_size=3,
@@ -201,9 +204,8 @@ def test_one_sentence_runs_the_compiled_loops_with_the_same_results(translator, 
     for line, expected in zip(lines, batched):
       fetched.clear()
       alone = translator.translate([line], **options).hypotheses[0]
-      compiled = [ops.single_ids if beam_size == 1 else ops.single_found
-                  for ops in (graph.greedy if beam_size == 1 else graph.beam)]
-      assert len(fetched) == 1 and any(fetched[0] is c for c in compiled)
+      compiled = graph.greedy.single_ids if beam_size == 1 else graph.beam.single_found
+      assert len(fetched) == 1 and fetched[0] is compiled
       assert [h.text for h in alone] == [h.text for h in expected]
       if beam_size > 1:
         assert [h.score for h in alone] == pytest.approx([h.score for h in expected], abs=1e-4)

@@ -145,7 +145,7 @@ def step_by_step(ig, session, batch, bucket):
   session.run per decoder step (a one-step graph built here from the model's parts)."""
   model, size = ig.model, ig.model.hp.size
   with ig.graph.as_default():
-    inputs, lengths = graphs.encoder_placeholders(bucket)
+    inputs, lengths = graphs.encoder_placeholders()
     encoded = model.encode(inputs, lengths, training=False)
     states = tf.nest.map_structure(lambda s: tf1.placeholder(tf.float32, [None, size]),
                                    encoded.states)
@@ -198,9 +198,10 @@ def test_greedy_graph_equals_step_by_step_decoding(tmp_path, eos_bias):
   infer = tf1.Session(graph=ig.graph)
   graphs.restore_inference(ig, infer, path)
   batch = random_batch(BUCKETS[1], seed=8)
-  ops = ig.greedy[1]  # not the largest bucket: the compiled loop pads it
+  ops = ig.greedy  # fed the second bucket, not the largest: the compiled loop pads it
+  steps = BUCKETS[1][1]
   greedy = infer.run(ops.ids, {ops.encoder_inputs: batch.encoder_inputs,
-                               ops.source_lengths: batch.source_lengths})
+                               ops.source_lengths: batch.source_lengths, ops.max_steps: steps})
   expected = ended_at_eos(step_by_step(ig, infer, batch, BUCKETS[1]))
   if eos_bias < 0:
     assert expected.shape == (len(batch.source_lengths), BUCKETS[1][1])
@@ -215,12 +216,14 @@ def test_greedy_graph_equals_step_by_step_decoding(tmp_path, eos_bias):
   # gives the same ids, one sentence at a time and for the whole batch
   for rows in [slice(0, 1), slice(1, 2), slice(None)]:
     compiled = infer.run(ops.single_ids, {ops.encoder_inputs: batch.encoder_inputs[rows],
-                                          ops.source_lengths: batch.source_lengths[rows]})
+                                          ops.source_lengths: batch.source_lengths[rows],
+                                          ops.max_steps: steps})
     np.testing.assert_array_equal(compiled, ended_at_eos(expected[rows]))
   # the training graph's greedy decoder agrees too
-  train_ops = tg.buckets[1].greedy
+  train_ops = tg.greedy
   train_greedy = session.run(train_ops.ids, {train_ops.encoder_inputs: batch.encoder_inputs,
-                                             train_ops.source_lengths: batch.source_lengths})
+                                             train_ops.source_lengths: batch.source_lengths,
+                                             train_ops.max_steps: steps})
   np.testing.assert_array_equal(greedy, train_greedy)
 
 
@@ -250,3 +253,22 @@ def test_decoding_encoder_stops_at_the_longest_source(overrides):
                                        tf.nest.flatten(full_value.states)):
     np.testing.assert_allclose(trimmed_state, full_state, atol=1e-6)
   np.testing.assert_array_equal(trimmed_value.memory[:, longest:], 0)  # the steps not run
+
+
+def test_gru_sequence_of_any_length_equals_the_unrolled_one():
+  """A layer without a fused sequence op (GRU) encodes a source of unknown length (the
+  decoding graph's) in a while loop: same outputs and states as unrolled over a static one."""
+  from seq2seq_buckets import cells  # pylint: disable=import-outside-toplevel
+  graph = tf.Graph()
+  with graph.as_default():
+    cell = cells.GRUCell(3, 4, "gru")
+    x = np.random.default_rng(0).standard_normal([5, 2, 3]).astype(np.float32)
+    static = cell.sequence(tf.constant(x), cell.zero_state(2), differentiable=False)
+    any_length = tf1.placeholder(tf.float32, [None, 2, 3])
+    looped = cell.sequence(any_length, cell.zero_state(2), differentiable=False)
+    with tf1.Session(graph=graph) as session:
+      session.run(tf1.global_variables_initializer())
+      expected, got = session.run([static, looped], {any_length: x})
+  for a, b in zip(tf.nest.flatten(got), tf.nest.flatten(expected)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  assert np.abs(expected[0]).max() > 0.1
