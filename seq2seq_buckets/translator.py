@@ -103,7 +103,7 @@ class Translator:
     return Translations(hypotheses, [Truncation(i, len(sources[i])) for i in truncated])
 
   def warm_up(self, beam_size=1, n_best=1):
-    """Runs each bucket's decoder once, batched and for a single sentence (this compiles
+    """Runs the decoder on each bucket's shape, batched and for a single sentence (this compiles
     the XLA loop for beam_size and n_best, 1-3 s): a graph's first run is slow, later
     ones are not."""
     sources = [[vocab.UNK_ID] * source_len for source_len, _ in self.buckets]
