@@ -23,8 +23,8 @@ tf1 = tf.compat.v1
 
 def read(variable):
   """One read of `variable` that every use in the graph shares (a resource variable
-  would otherwise get a ReadVariableOp per use, i.e. per unrolled step)."""
-  return tf.identity(variable)
+  would otherwise get a ReadVariableOp per use, i.e. per unrolled step): one op."""
+  return variable.value()
 
 
 class _Layer:
@@ -33,12 +33,13 @@ class _Layer:
   gates = None
 
   def __init__(self, input_size, units, name, bias_init=None):
+    """bias_init: the bias's initial values (a list), zeros if None. (Initializers, not
+    tensors: a model built again over the same variables adds no initial-value ops.)"""
     self.input_size, self.units = input_size, units
-    if bias_init is None:
-      bias_init = tf.zeros([self.gates * units])
+    bias_init = tf1.constant_initializer(bias_init or 0.0)
     with tf1.variable_scope(name):
       self.kernel = read(tf1.get_variable("kernel", [input_size + units, self.gates * units]))
-      self.bias = read(tf1.get_variable("bias", initializer=bias_init))
+      self.bias = read(tf1.get_variable("bias", [self.gates * units], initializer=bias_init))
 
   def zero_state(self, batch):
     raise NotImplementedError
@@ -75,8 +76,8 @@ class LSTMCell(_Layer):
   gates = 4
 
   def __init__(self, input_size, units, name):
-    super().__init__(input_size, units, name, bias_init=tf.concat(
-        [tf.zeros([2 * units]), tf.ones([units]), tf.zeros([units])], 0))
+    super().__init__(input_size, units, name,
+                     bias_init=[0.0] * (2 * units) + [1.0] * units + [0.0] * units)
     self._no_peephole = tf.zeros([units])
 
   def zero_state(self, batch):
@@ -131,8 +132,8 @@ class GRUCell(_Layer):
   def __init__(self, input_size, units, name):
     super().__init__(input_size, units, name)
     with tf1.variable_scope(name):
-      self.recurrent_bias = read(tf1.get_variable("recurrent_bias",
-                                                  initializer=tf.zeros([3 * units])))
+      self.recurrent_bias = read(tf1.get_variable("recurrent_bias", [3 * units],
+                                                  initializer=tf1.zeros_initializer()))
     self._input_rows, self._recurrent_rows = tf.split(self.kernel, [input_size, units])
 
   def zero_state(self, batch):

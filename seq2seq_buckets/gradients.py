@@ -187,27 +187,75 @@ def _block_lstm_grad(op, *grads):
   return [None, x_grad, d_cs, d_h, w_grad, None, None, None, b_grad]
 
 
+def _reads(loss, variables):
+  """Per variable, the tensors through which `loss` uses it: the outputs of its
+  ReadVariableOps that loss depends on; or, if an op in loss's graph takes the
+  variable itself (e.g. ResourceGather), its handle alone (every read is
+  downstream of the handle, so its gradient already includes theirs). A tensor
+  among `variables` stands for itself.
+
+  tf.gradients from these rather than from the variables visits only the ops
+  between them and loss; from a variable it visits every consumer of the variable
+  in the graph (every bucket's ops, their gradients and the optimizer's).
+  """
+  handles = [getattr(v, "handle", v) for v in variables]
+  index = {h.ref(): i for i, (h, v) in enumerate(zip(handles, variables)) if h is not v}
+  found = [{} for _ in variables]  # tensor.ref() -> tensor
+  seen, pending = {loss.op}, [loss.op]
+  while pending:
+    op = pending.pop()
+    for tensor in op.inputs:
+      i = index.get(tensor.ref())
+      if i is not None:
+        used = op.outputs[0] if op.type == "ReadVariableOp" else tensor
+        found[i][used.ref()] = used
+      elif tensor.op not in seen:
+        seen.add(tensor.op)
+        pending.append(tensor.op)
+  return [[h] if h.ref() not in index or h.ref() in f else list(f.values())
+          for h, f in zip(handles, found)]
+
+
+def _sum(grads):
+  """The sum of the gradients that are not None (None if all are)."""
+  grads = [g for g in grads if g is not None]
+  if len(grads) <= 1:
+    return grads[0] if grads else None
+  return tf.add_n([tf.convert_to_tensor(g) for g in grads])
+
+
 def gradients(loss, variables):
-  """tf.gradients(loss, variables), except that IdentityN outputs without a gradient get
-  no zeros (TensorFlow's optimize_identity_n): each LSTM step would otherwise add five
-  ZerosLike ops for the cell outputs it does not use; and that the LSTM steps' and
-  weight_matmul's weight gradients are gathered (`_WeightRows`), taken after the
-  backward pass as one product per weight, and carried back to the variables by a
-  second, small tf.gradients from the kernels (reads, splits, transposes)."""
+  """tf.gradients(loss, variables), except that:
+
+  - it differentiates with respect to the reads of each variable that loss
+    depends on (`_reads`), which keeps the graph traversal of each bucket's
+    gradients to that bucket's own ops;
+  - IdentityN outputs without a gradient get no zeros (TensorFlow's
+    optimize_identity_n): each LSTM step would otherwise add five ZerosLike ops
+    for the cell outputs it does not use;
+  - the LSTM steps' and weight_matmul's weight gradients are gathered
+    (`_WeightRows`), taken after the backward pass as one product per weight, and
+    carried back to the reads by a second, small tf.gradients from the kernels
+    (reads, splits, transposes).
+  """
   global _weight_rows
   helper = gradients_util._GradientsHelper  # pylint: disable=protected-access
+  reads = _reads(loss, variables)
+  xs = [x for per_variable in reads for x in per_variable]
   with tf1.get_default_graph()._mutation_lock():  # pylint: disable=protected-access
     _weight_rows = rows = _WeightRows()
     try:
-      grads = helper([loss], variables, optimize_identity_n=True)
+      grads = helper([loss], xs, optimize_identity_n=True)
     finally:
       _weight_rows = None
     tensors, tensor_grads = rows.products()
-    if not tensors:
-      return grads
-    extra = helper(tensors, variables, grad_ys=tensor_grads)
-  return [g if e is None else e if g is None else tf.convert_to_tensor(g) + e
-          for g, e in zip(grads, extra)]
+    if tensors:
+      grads = [_sum(pair) for pair in zip(grads, helper(tensors, xs, grad_ys=tensor_grads))]
+  per_variable, start = [], 0
+  for variable_reads in reads:
+    per_variable.append(_sum(grads[start:start + len(variable_reads)]))
+    start += len(variable_reads)
+  return per_variable
 
 
 @tf.RegisterGradient("MaskMul")

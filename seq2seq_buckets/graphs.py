@@ -130,7 +130,7 @@ def build_training_graph(hparams, max_checkpoints=5):
     for b, bucket in enumerate(hparams.buckets):
       inputs = bucket_placeholders(bucket, hparams.batch_size, f"bucket_{b}")
       with tf1.name_scope(f"bucket_{b}/train"):
-        loss = model.loss(inputs)
+        loss = model.with_own_reads().loss(inputs)
         # dense embedding gradients: fused dense Adam beats its sparse path here
         grads = [tf.convert_to_tensor(g) for g in gradients(loss.loss, params)]
         clipped, grad_norm = tf.clip_by_global_norm(grads, hparams.max_gradient_norm)

@@ -43,15 +43,18 @@ class Seq2SeqModel:
   is applied to embeddings, between layers and to the attentional output in
   `loss` only. Decoder dropout masks are drawn once per sequence ([O * layers, B, H])
   so an unrolled step costs one multiply per dropout site. cache_output_kernel: for
-  decoding graphs (see `refresh_output_kernel`).
+  decoding graphs (see `refresh_output_kernel`). sharing: a Seq2SeqModel whose
+  variables and dropout rate this one uses, through reads of its own (see
+  `with_own_reads`).
   """
 
-  def __init__(self, hparams, cache_output_kernel=False):
+  def __init__(self, hparams, cache_output_kernel=False, sharing=None):
     self.hp = hp = hparams
     self._traced = {}  # see _traced_function
-    self.dropout_rate = tf1.placeholder_with_default(float(hp.dropout), [], "dropout_rate")
+    self.dropout_rate = (sharing.dropout_rate if sharing else
+                         tf1.placeholder_with_default(float(hp.dropout), [], "dropout_rate"))
     initializer = tf1.random_uniform_initializer(-0.1, 0.1, seed=hp.seed)
-    with tf1.variable_scope("model", initializer=initializer):
+    with tf1.variable_scope("model", initializer=initializer, reuse=bool(sharing)):
       self.source_embedding = read(tf1.get_variable(
           "source_embedding", [hp.src_vocab_size, hp.embedding_size]))
       self.target_embedding = read(tf1.get_variable(
@@ -76,7 +79,7 @@ class Seq2SeqModel:
           self.output_weights = read(tf1.get_variable(
               "output_weights", [hp.tgt_vocab_size, hp.size]))
         self.output_bias = read(tf1.get_variable(
-            "output_bias", initializer=tf.zeros([hp.tgt_vocab_size])))
+            "output_bias", [hp.tgt_vocab_size], initializer=tf1.zeros_initializer()))
         # [H, V]: a matmul with transpose_b is several times slower on this CPU for
         # the few rows of a decoding step. Training transposes once per run; decoding
         # keeps the transpose in a local variable that `refresh_output_kernel` fills
@@ -91,6 +94,15 @@ class Seq2SeqModel:
         else:
           self.output_kernel = transposed
           transposed_kernel(transposed, known=self.output_weights)
+
+  def with_own_reads(self):
+    """A model over the same variables whose weight tensors are reads of its own.
+
+    A bucket's graph built from it is the only consumer of those reads, so
+    `gradients.gradients` of its loss traverses that bucket's ops alone rather than
+    every bucket's graph and update that consumes the shared reads.
+    """
+    return Seq2SeqModel(self.hp, sharing=self)
 
   def _dropout(self, x, training):
     """x with dropout applied when training (and hparams.dropout > 0)."""

@@ -130,6 +130,27 @@ def test_gradients_gathers_weight_matmul_rows_across_steps():
   assert np.abs(a - 2 * w).min() > 1e-3  # the matmul paths reach every entry
 
 
+def test_gradients_of_a_variable_read_several_ways():
+  """A variable read twice, gathered from directly (ResourceGather on its handle) and
+  also used by an op outside loss: `gradients` differentiates from the reads and the
+  handle that loss uses, and equals tf.gradients."""
+  graph = tf.Graph()
+  with graph.as_default():
+    variable = tf1.get_variable("w", initializer=values([5, 3], 0))
+    unused = tf1.get_variable("u", initializer=values([2], 1))
+    other = tf.reduce_sum(tf.identity(variable))  # another consumer, not in loss
+    rows = tf.gather(variable, [0, 3, 3])
+    loss = tf.reduce_sum(tf.sin(tf.identity(variable)) * 2.0) + tf.reduce_sum(
+        tf.square(variable.read_value())) + tf.reduce_sum(tf.tanh(rows))
+    ours = grads_lib.gradients(loss, [variable, unused])
+    theirs = tf.gradients(loss, [variable, unused])
+    assert ours[1] is None and theirs[1] is None and other.op.type == "Sum"
+    with tf1.Session(graph=graph) as session:
+      session.run(tf1.global_variables_initializer())
+      a, b = session.run([tf.convert_to_tensor(ours[0]), tf.convert_to_tensor(theirs[0])])
+  np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
 def test_decoding_lstm_step_equals_the_fused_training_step():
   """LSTMCell.step for decoding (matmul and elementwise ops) gives the fused
   LSTMBlockCell's h and c, over several steps from a non-zero state."""

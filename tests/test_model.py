@@ -59,6 +59,20 @@ def test_update_through_one_bucket_changes_another():
   assert before != after
 
 
+def test_each_buckets_update_uses_tf_gradients_of_its_loss():
+  """Every bucket reads the weights itself and differentiates from those reads: the
+  gradient norm its update clips is the norm of tf.gradients over the variables."""
+  tg = graphs.build_training_graph(tiny())
+  session = session_for(tg)
+  with tg.graph.as_default():
+    params = tf1.trainable_variables()
+    reference = [tf.linalg.global_norm(tf.gradients(ops.loss, params)) for ops in tg.buckets]
+  for b, ops in enumerate(tg.buckets):
+    batch = feed(ops, random_batch(BUCKETS[b], seed=b))
+    ours, theirs = session.run([ops.grad_norm, reference[b]], batch)
+    assert ours == pytest.approx(theirs, rel=1e-5)
+
+
 @pytest.mark.parametrize("overrides", [
     {}, {"reverse_source": True}, {"cell": "gru", "bidirectional_encoder": False},
     {"attention": "luong", "input_feeding": False}])
