@@ -61,6 +61,13 @@ def transposed(kernel, known=None):
   return cache[key]
 
 
+def _transpose_source(matrix):
+  """W if `matrix` is tf.transpose(W) of a matrix W, else None."""
+  op = matrix.op
+  perm = tf.get_static_value(op.inputs[1]) if op.type == "Transpose" else None
+  return op.inputs[0] if perm is not None and list(perm) == [1, 0] else None
+
+
 class _WeightRows:
   """The rows that make a weight's gradient, gathered from every unrolled step.
 
@@ -81,15 +88,26 @@ class _WeightRows:
     entry[3].append(dy)
 
   def products(self):
-    """-> (tensors, their gradients): kernels (and biases) and the summed products."""
+    """-> (tensors, their gradients): kernels (and biases) and the summed products.
+
+    A kernel that is the transpose of a matrix W [out, in] (the output projection,
+    from the target embedding or output weights) gets W's gradient instead,
+    dy^T x: one product, where x^T dy would be transposed back (as costly as a
+    quarter of the product, each training step).
+    """
     tensors, grads = [], []
     zero, one = graph_constant(0), graph_constant(1)
     for kernel, bias, columns, dys in self._rows.values():
       dy = tf.concat(dys, zero)  # [T*N, out]
       x = [tf.concat(blocks, zero) for blocks in zip(*columns)]
       x = x[0] if len(x) == 1 else tf.concat(x, one)  # [T*N, in]
-      tensors.append(kernel)
-      grads.append(tf.matmul(x, dy, transpose_a=True))
+      source = _transpose_source(kernel)
+      if source is None:
+        tensors.append(kernel)
+        grads.append(tf.matmul(x, dy, transpose_a=True))
+      else:
+        tensors.append(source)
+        grads.append(tf.matmul(dy, x, transpose_a=True))
       if bias is not None:
         tensors.append(bias)
         grads.append(tf.reduce_sum(dy, axis=zero))

@@ -130,6 +130,29 @@ def test_gradients_gathers_weight_matmul_rows_across_steps():
   assert np.abs(a - 2 * w).min() > 1e-3  # the matmul paths reach every entry
 
 
+def test_gradients_of_a_transposed_kernel_reach_the_matrix_without_transposing_back():
+  """weight_matmul with tf.transpose(W) as its kernel (the output projection) at several
+  steps: `gradients` takes W's gradient as one product dy^T x, equal to tf.gradients."""
+  graph = tf.Graph()
+  with graph.as_default():
+    variable = tf1.get_variable("w", initializer=values([5, 3], 0))  # [out, in]
+    x = values([4, 3], 1)
+
+    def loss(matmul):
+      kernel = tf.transpose(variable.value())  # [in, out]
+      return sum(tf.reduce_sum(tf.sin(matmul(x * (t + 1.0), kernel))) for t in range(3))
+    ours_loss = loss(grads_lib.weight_matmul)
+    before = len(graph.get_operations())
+    ours = grads_lib.gradients(ours_loss, [variable])
+    made = [op.type for op in graph.get_operations()[before:]]
+    theirs = tf.gradients(loss(tf.matmul), [variable])
+    with tf1.Session(graph=graph) as session:
+      session.run(tf1.global_variables_initializer())
+      a, b = session.run([ours[0], theirs[0]])
+  np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  assert made.count("Transpose") == 1  # the kernel's transpose for x's gradient only
+
+
 def test_gradients_of_a_variable_read_several_ways():
   """A variable read twice, gathered from directly (ResourceGather on its handle) and
   also used by an op outside loss: `gradients` differentiates from the reads and the
