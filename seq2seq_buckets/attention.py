@@ -8,8 +8,8 @@ Padded source positions get probability exactly 0.
 import tensorflow as tf
 
 from seq2seq_buckets.cells import read
-from seq2seq_buckets.gradients import add_across_positions, graph_constant, plain_einsum
-from seq2seq_buckets.gradients import weight_matmul
+from seq2seq_buckets.gradients import add_across_positions, expand_dims, plain_einsum
+from seq2seq_buckets.gradients import softmax, weight_matmul
 
 tf1 = tf.compat.v1
 # Score bias of a padded source position: its attention probability underflows to 0.
@@ -42,13 +42,12 @@ class Attention:
     """query [B, H], memory/keys [B, I, H], mask_bias [B, I] (see `mask_bias`) ->
     (attentional output [B, H], alignments [B, I])."""
     if self.kind == "bahdanau":
-      projected = tf.expand_dims(weight_matmul(query, self.query_kernel),
-                                 graph_constant(1))
+      projected = expand_dims(weight_matmul(query, self.query_kernel), 1)
       scores = plain_einsum("bih,h->bi", tf.tanh(add_across_positions(keys, projected)),
                             self.score_vector)
     else:
       scores = plain_einsum("bih,bh->bi", keys, query)
-    alignments = tf.nn.softmax(scores + mask_bias)
+    alignments = softmax(scores + mask_bias)
     context = plain_einsum("bi,bih->bh", alignments, memory)
     output = tf.tanh(weight_matmul(context, self.context_kernel) +
                      weight_matmul(query, self.query_output_kernel))

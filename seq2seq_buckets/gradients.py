@@ -18,6 +18,8 @@ what cuts it:
 - `apply_mask`, `add_across_positions`, `plain_einsum`: a Mul, a broadcasting
   AddV2 and a two-operand Einsum with one-op gradients where TensorFlow's
   general ones add shape, reshape and constant ops.
+- `expand_dims`, `softmax`: gradients without a Const of their own per call (a
+  Squeeze; the shared last-axis constant).
 - `graph_constant`: one Const per graph for each axis or size argument.
 """
 
@@ -320,3 +322,30 @@ def plain_einsum(equation, a, b):
   assert set(sub_a) <= set(sub_b + out) and set(sub_b) <= set(sub_a + out), equation
   with tf1.get_default_graph().gradient_override_map({"Einsum": "PlainEinsum"}):
     return tf.einsum(equation, a, b)
+
+
+@tf.RegisterGradient("ExpandDimsBySqueeze")
+def _expand_dims_grad(op, grad):
+  """The gradient of expand_dims, one Squeeze (TensorFlow's is a Reshape to the input's
+  shape, with a Const of that shape)."""
+  return tf.squeeze(grad, [int(tf.get_static_value(op.inputs[1]))]), None
+
+
+def expand_dims(x, axis):
+  """tf.expand_dims(x, axis) (axis: a Python int) with `_expand_dims_grad`."""
+  with tf1.get_default_graph().gradient_override_map({"ExpandDims": "ExpandDimsBySqueeze"}):
+    return tf.expand_dims(x, graph_constant(axis))
+
+
+@tf.RegisterGradient("SoftmaxSharedAxis")
+def _softmax_grad(op, grad):
+  """(grad - sum(grad * softmax over the last axis)) * softmax, the axis a shared constant."""
+  probs = op.outputs[0]
+  summed = tf.reduce_sum(grad * probs, axis=graph_constant(-1), keepdims=True)
+  return (grad - summed) * probs
+
+
+def softmax(logits):
+  """tf.nn.softmax(logits) over the last axis, with `_softmax_grad`."""
+  with tf1.get_default_graph().gradient_override_map({"Softmax": "SoftmaxSharedAxis"}):
+    return tf.nn.softmax(logits)

@@ -47,6 +47,31 @@ def test_add_across_positions_gradient_is_the_broadcast_add_gradient():
     np.testing.assert_allclose(a, b, rtol=1e-5)
 
 
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_expand_dims_gradient_is_tensorflows_and_adds_no_const(axis):
+  def build(ours):
+    x = values([3, 4], 0)
+    y = grads_lib.expand_dims(x, axis) if ours else tf.expand_dims(x, axis)
+    weights = values(y.shape.as_list(), 1)
+    if ours:
+      before = len(tf1.get_default_graph().get_operations())
+      assert tf.gradients(y, x, weights)[0].op.type == "Squeeze"
+      added = tf1.get_default_graph().get_operations()[before:]
+      assert sorted(op.type for op in added) == ["Identity", "Squeeze"]  # Identity: grad_ys
+    return tf.reduce_sum(tf.sin(y) * weights), [x]
+  ours, theirs = run_both(build)
+  np.testing.assert_allclose(ours[0], theirs[0], rtol=1e-6)
+
+
+def test_softmax_gradient_is_tensorflows():
+  def build(ours):
+    x = values([3, 7], 0)
+    y = grads_lib.softmax(x) if ours else tf.nn.softmax(x)
+    return tf.reduce_sum(tf.sin(3.0 * y) * values([3, 7], 1)), [x]
+  ours, theirs = run_both(build)
+  np.testing.assert_allclose(ours[0], theirs[0], rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize("known", [False, True])
 def test_weight_matmul_gradient_is_the_matmul_gradient(known):
   """With the kernel's transpose made by `transposed` or given to it (as the model gives
