@@ -105,14 +105,16 @@ def memory_gib():
   return None
 
 
-def forward_flops(hp, source_len, target_len):
+def forward_flops(hp, source_len, target_len, projected_len=None):
   """Matmul FLOPs (2 per multiply-add) of one forward pass over one sentence pair.
 
   hp: a dict (or object) with the model hparams; the encoder runs over
   `source_len` positions, the decoder over `target_len` positions attending to
-  `source_len` positions. Counted: LSTM/GRU gate matmuls of every layer, the
-  attention (keys, query, scores, context, attentional output) and the output
-  projection; embeddings, softmax and elementwise work are not counted.
+  `source_len` positions, the output projection over `projected_len` of them
+  (default all: training projects only the real target positions, so for a
+  padded pair that is its real length). Counted: LSTM/GRU gate matmuls of every
+  layer, the attention (keys, query, scores, context, attentional output) and
+  the output projection; embeddings, softmax and elementwise work are not counted.
   """
   get = hp.get if isinstance(hp, dict) else lambda k, d=None: getattr(hp, k, d)
   h, e, layers = get("size"), get("embedding_size"), get("num_layers")
@@ -133,12 +135,13 @@ def forward_flops(hp, source_len, target_len):
   if get("attention", "bahdanau") == "bahdanau":
     attention += 2 * h * h  # query projection
   projection = 2 * h * v
-  return encoder + target_len * (dec + attention + projection)
+  projected_len = target_len if projected_len is None else projected_len
+  return encoder + target_len * (dec + attention) + projected_len * projection
 
 
-def training_flops(hp, source_len, target_len):
+def training_flops(hp, source_len, target_len, projected_len=None):
   """Forward + backward (2x forward) matmul FLOPs of one training pass over one pair."""
-  return 3 * forward_flops(hp, source_len, target_len)
+  return 3 * forward_flops(hp, source_len, target_len, projected_len)
 
 
 def recipe_buckets():
@@ -194,6 +197,7 @@ TABLE_ROWS = [
     ("train_tokens_per_s_bucketed", "training, target tokens/s, {buckets} buckets", 0),
     ("train_tokens_per_s_padded", "training, target tokens/s, one max-length bucket", 0),
     ("bucket_speedup", "bucket speedup (bucketed / padded)", 2),
+    ("bucket_speedup_flop_bound", "executed FLOPs per target token, padded / bucketed", 2),
     ("padding_efficiency_bucketed", "padding efficiency, {buckets} buckets", 3),
     ("padding_efficiency_padded", "padding efficiency, one bucket", 3),
     ("flops_per_target_token", "model FLOPs per target token (training, analytic)", None),
@@ -423,9 +427,11 @@ def worker_speed(a):
       totals["wait"] += t1 - t0
       totals["tokens"] += float(tokens)
       totals["slots"] += float(len(lengths) * target_len)
+      real_targets = batch.target_weights.sum(axis=1)
       totals["useful"] += sum(training_flops(hp_dict, int(s), int(t))
-                              for s, t in zip(lengths, batch.target_weights.sum(axis=1)))
-      totals["executed"] += len(lengths) * training_flops(hp_dict, source_len, target_len)
+                              for s, t in zip(lengths, real_targets))
+      totals["executed"] += sum(training_flops(hp_dict, source_len, target_len, int(t))
+                                for t in real_targets)
     return totals
 
   bucketed = build("bucketed")
@@ -885,7 +891,11 @@ def main(argv=None):
     results["achieved_gflops"] = (results["train_tokens_per_s_bucketed"] *
                                   results["flops_per_target_token"] / 1e9)
     results["mfu"] = results["achieved_gflops"] / results["matmul_gflops"]
-    # hardware utilisation: FLOPs executed, padded positions included
+    # hardware utilisation: FLOPs executed, padded positions included; and the bucket
+    # speedup that the executed FLOPs alone would give (at equal FLOP rates)
+    results["bucket_speedup_flop_bound"] = ratio(
+        results["executed_flops_per_target_token_padded"],
+        results["executed_flops_per_target_token_bucketed"])
     for mode in ("bucketed", "padded"):
       results[f"mfu_executed_{mode}"] = (results[f"train_tokens_per_s_{mode}"] *
                                          results[f"executed_flops_per_target_token_{mode}"] /

@@ -71,3 +71,15 @@ def test_peer_log_parser_reads_onmt_report_lines():
           "lr: 0.00100; sents:    3200; bsz:   14/  16/64; 1300/1500 tok/s;     40 sec;\n")
   assert _load().parse_peer_train_log(text) == [(50, 1234.0, 1456.0, 21.0),
                                                 (100, 1300.0, 1500.0, 40.0)]
+
+
+def test_flops_count_the_projection_only_where_asked():
+  """The output projection (2 H V per projected position) is the only term that
+  projected_len changes; by default every target position is projected."""
+  bench = _load()
+  hp = {"size": 8, "embedding_size": 8, "num_layers": 2, "tgt_vocab_size": 100,
+        "bidirectional_encoder": True}
+  full = bench.forward_flops(hp, 5, 7)
+  assert bench.forward_flops(hp, 5, 7, projected_len=7) == full
+  assert full - bench.forward_flops(hp, 5, 7, projected_len=3) == 4 * 2 * 8 * 100
+  assert bench.training_flops(hp, 5, 7, 3) == 3 * bench.forward_flops(hp, 5, 7, 3)
