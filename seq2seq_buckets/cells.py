@@ -22,8 +22,10 @@ tf1 = tf.compat.v1
 
 
 def read(variable):
-  """One read of `variable` that every use in the graph shares (a resource variable
-  would otherwise get a ReadVariableOp per use, i.e. per unrolled step): one op."""
+  """One read of `variable` (one op) that every use in a model's graph pieces shares: a
+  resource variable would otherwise get a ReadVariableOp per use, i.e. per unrolled
+  step. (Each bucket's training graph has a model of its own, see
+  `Seq2SeqModel.with_own_reads`.)"""
   return variable.value()
 
 
