@@ -2,7 +2,8 @@
 
 Used by s2s-decode, s2s-evaluate --train_dir and the benchmark. Loading builds
 the inference graph (an encoder, its greedy decoder and its beam search, fed
-one bucket's batch at a time) and restores a checkpoint; every `translate` call then only runs it.
+one bucket's batch at a time) and restores a checkpoint; every `translate` call
+then only runs it.
 """
 
 import collections
@@ -103,9 +104,9 @@ class Translator:
     return Translations(hypotheses, [Truncation(i, len(sources[i])) for i in truncated])
 
   def warm_up(self, beam_size=1, n_best=1):
-    """Runs the decoder on each bucket's shape, batched and for a single sentence (this compiles
-    the XLA loop for beam_size and n_best, 1-3 s): a graph's first run is slow, later
-    ones are not."""
+    """Runs the decoder on each bucket's shape, batched and for a single sentence (this
+    compiles the XLA loop for beam_size and n_best, 1-3 s): a graph's first run is slow,
+    later ones are not."""
     sources = [[vocab.UNK_ID] * source_len for source_len, _ in self.buckets]
     for batch in [sources] + [[source] for source in sources]:
       self._decode(batch, beam_size, 0.0, 2.0, n_best, 1)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from seq2seq_buckets import graphs
+from seq2seq_buckets import cells, graphs
 from seq2seq_buckets.gradients import gradients
 from seq2seq_buckets.batches import pad_batch
 from seq2seq_buckets.hparams import HParams
@@ -272,7 +272,6 @@ def test_decoding_encoder_stops_at_the_longest_source(overrides):
 def test_gru_sequence_of_any_length_equals_the_unrolled_one():
   """A layer without a fused sequence op (GRU) encodes a source of unknown length (the
   decoding graph's) in a while loop: same outputs and states as unrolled over a static one."""
-  from seq2seq_buckets import cells  # pylint: disable=import-outside-toplevel
   graph = tf.Graph()
   with graph.as_default():
     cell = cells.GRUCell(3, 4, "gru")
