@@ -154,6 +154,36 @@ def test_options_train(overrides):
   assert session.run(ops.nll_sum, {**batch, tg.model.dropout_rate: 0.0}) < first
 
 
+def test_label_smoothed_loss_and_gradient_equal_their_definition():
+  """The training loss with label smoothing e: (1 - e) * nll + e * (mean negative
+  log-probability over the vocabulary), per real target token; its gradient; and
+  nll_sum, which reports the unsmoothed likelihood."""
+  smoothing = 0.1
+  tg = graphs.build_training_graph(tiny(label_smoothing=smoothing, learning_rate=0.05))
+  session = session_for(tg)
+  ops = tg.buckets[1]
+  batch = feed(ops, random_batch(BUCKETS[1], seed=11))
+  for _ in range(10):  # targets above the mean logit: the smoothing term matters
+    session.run(ops.update, batch)
+  with tg.graph.as_default():
+    logits_op = [op for op in tg.graph.get_operations()
+                 if op.name.startswith("bucket_1/train/") and op.type == "AddV2"
+                 and op.outputs[0].shape.as_list()[1:] == [VOCAB]][-1]
+    logits = logits_op.outputs[0]
+    targets = tf.gather(tf.reshape(ops.inputs.targets, [-1]),
+                        tf.where(tf.reshape(ops.inputs.target_weights, [-1]) > 0)[:, 0])
+    log_probs = tf.nn.log_softmax(logits)
+    nll = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
+    uniform = -tf.reduce_mean(log_probs, axis=1)
+    reference = tf.reduce_mean((1.0 - smoothing) * nll + smoothing * uniform)
+    grads = [tf.gradients(loss, logits)[0] for loss in (ops.loss, reference)]
+    nll_sum = tf.reduce_sum(nll)
+  values = session.run([ops.loss, reference, ops.nll_sum, nll_sum] + grads, batch)
+  assert values[0] == pytest.approx(values[1], rel=1e-6)
+  assert values[2] == pytest.approx(values[3], rel=1e-5)
+  np.testing.assert_allclose(values[4], values[5], rtol=1e-5, atol=1e-8)
+
+
 def step_by_step(ig, session, batch, bucket):
   """Greedy ids [N, O] for a batch of bucket (I, O): the encoder run once, then one
   session.run per decoder step (a one-step graph built here from the model's parts)."""
