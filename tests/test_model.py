@@ -166,10 +166,8 @@ def test_label_smoothed_loss_and_gradient_equal_their_definition():
   for _ in range(10):  # targets above the mean logit: the smoothing term matters
     session.run(ops.update, batch)
   with tg.graph.as_default():
-    logits_op = [op for op in tg.graph.get_operations()
-                 if op.name.startswith("bucket_1/train/") and op.type == "AddV2"
-                 and op.outputs[0].shape.as_list()[1:] == [VOCAB]][-1]
-    logits = logits_op.outputs[0]
+    logits = [op for op in tg.graph.get_operations() if op.name.startswith("bucket_1/train/")
+              and op.type == "SoftmaxCrossEntropyWithLogits"][0].inputs[0]  # [N, V]
     targets = tf.gather(tf.reshape(ops.inputs.targets, [-1]),
                         tf.where(tf.reshape(ops.inputs.target_weights, [-1]) > 0)[:, 0])
     log_probs = tf.nn.log_softmax(logits)
