@@ -10,6 +10,7 @@ output without running the model.
 """
 
 import collections
+import concurrent.futures
 
 import numpy as np
 
@@ -92,44 +93,70 @@ def _padded_batches(sources, buckets, batch_size, max_length_ratio):
   return plan, batches()
 
 
-def greedy_ids(session, ops, buckets, sources, batch_size, max_length_ratio=2.0):
+def _run_batches(run, batches, workers):
+  """Calls run(batch, padded, limits) for every item of `batches`, on `workers` threads.
+
+  Each thread's session.run works on its own batch, so with single-threaded ops
+  (translator.decoding_config) the cores each decode a batch. The largest
+  buckets go first, so that no core is left with a long batch at the end.
+  """
+  items = sorted(batches, key=lambda item: -item[0].bucket)
+  if workers <= 1 or len(items) <= 1:
+    for item in items:
+      run(*item)
+    return
+  pool = concurrent.futures.ThreadPoolExecutor(workers)
+  try:
+    for future in [pool.submit(run, *item) for item in items]:
+      future.result()
+  finally:
+    pool.shutdown(cancel_futures=True)
+
+
+def greedy_ids(session, ops, buckets, sources, batch_size, max_length_ratio=2.0, workers=1):
   """Greedy outputs for every source, in input order, batched by bucket.
 
-  ops: a graphs.GreedyOps (it takes any bucket's batches). Returns (list of
-  output id lists, indices of truncated sources). A single non-empty source runs
-  through single_ids, when the ops have it (beam search: single_found).
+  ops: a graphs.GreedyOps (it takes any bucket's batches); workers: batches decoded
+  at a time (see _run_batches). Returns (list of output id lists, indices of
+  truncated sources). A single non-empty source runs through single_ids, when the
+  ops have it (beam search: single_found).
   """
   plan, batches = _padded_batches(sources, buckets, batch_size, max_length_ratio)
   outputs = [[] for _ in plan.sources]
-  single = _single(plan)
-  for batch, padded, limits in batches:
-    fetch = ops.single_ids if single and ops.single_ids is not None else ops.ids
+  fetch = ops.single_ids if _single(plan) and ops.single_ids is not None else ops.ids
+
+  def run(batch, padded, limits):
     ids = session.run(fetch, {ops.encoder_inputs: padded.encoder_inputs,
                               ops.source_lengths: padded.source_lengths,
                               ops.max_steps: limits.max() + 1})  # + 1: room for EOS
     for row, i in enumerate(batch.indices):
       outputs[i] = cut_at_eos(ids[row, :limits[row]])
+
+  _run_batches(run, batches, workers)
   return outputs, plan.truncated
 
 
 def beam_search(session, ops, buckets, sources, beam_size, batch_size, length_penalty=0.0,
-                n_best=1, max_length_ratio=2.0):
+                n_best=1, max_length_ratio=2.0, workers=1):
   """Beam search for every source, in input order, batched by bucket.
 
   ops: a graphs.BeamOps (it takes any bucket's batches); batch_size counts sentences (a
-  step runs up to batch_size * beam_size decoder rows); length_penalty: the GNMT alpha.
-  Returns (per source its n_best best Hypothesis, best first ([Hypothesis([], 0.0)]
-  for an empty source), indices of truncated sources).
+  step runs up to batch_size * beam_size decoder rows); length_penalty: the GNMT alpha;
+  workers: as for greedy_ids. Returns (per source its n_best best Hypothesis, best
+  first ([Hypothesis([], 0.0)] for an empty source), indices of truncated sources).
   """
   plan, batches = _padded_batches(sources, buckets, batch_size, max_length_ratio)
   results = [[Hypothesis([], 0.0)] for _ in plan.sources]
-  single = _single(plan)
-  for batch, padded, limits in batches:
-    ids, lengths, scores = session.run(ops.single_found if single else ops.found, {
+  fetch = ops.single_found if _single(plan) else ops.found
+
+  def run(batch, padded, limits):
+    ids, lengths, scores = session.run(fetch, {
         ops.encoder_inputs: padded.encoder_inputs, ops.source_lengths: padded.source_lengths,
         ops.limits: limits, ops.beam_size: beam_size, ops.n_best: n_best,
         ops.alpha: length_penalty})
     for row, i in enumerate(batch.indices):
       results[i] = [Hypothesis(ids[row, j, :lengths[row, j]].tolist(), float(scores[row, j]))
                     for j in range(n_best) if scores[row, j] > -np.inf]
+
+  _run_batches(run, batches, workers)
   return results, plan.truncated

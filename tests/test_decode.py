@@ -67,12 +67,14 @@ class OpsStub:
 class EchoSession:
   """Stands in for a session running OpsStub ops on batches padded to a bucket's source
   length: outputs the source + 100, then EOS, at most the bucket's O, max_steps (greedy)
-  or limits (beam, n_best copies) pieces."""
+  or limits (beam, n_best copies) pieces. Each run first sleeps 0-2 ms, so that runs on
+  several threads end in a random order."""
 
-  def __init__(self, ops):
-    self.ops, self.batch_sizes = ops, []
+  def __init__(self, ops, seed):
+    self.ops, self.batch_sizes, self.rng = ops, [], random.Random(seed)
 
   def run(self, fetch, feed):
+    time.sleep(self.rng.random() * 0.002)
     ops = self.ops
     inputs, lengths = feed[ops.encoder_inputs], feed[ops.source_lengths]
     widths = [source_len for source_len, _ in BUCKETS]
@@ -90,21 +92,23 @@ class EchoSession:
     return ids, np.repeat(kept[:, None], n_best, axis=1), np.zeros([len(inputs), n_best])
 
 
+@pytest.mark.parametrize("workers", [1, 3])
 @pytest.mark.parametrize("beam", [False, True])
 @pytest.mark.parametrize("seed", range(20))
-def test_outputs_come_back_in_input_order(seed, beam):
+def test_outputs_come_back_in_input_order(seed, beam, workers):
   rng = random.Random(seed)
   sources = random_sources(rng, rng.randint(1, 50))
   ops = OpsStub()
-  session = EchoSession(ops)
+  session = EchoSession(ops, seed)
   if beam:
     found, truncated = decoding.beam_search(session, ops, BUCKETS, sources, beam_size=3,
-                                            batch_size=4, n_best=2, max_length_ratio=10.0)
+                                            batch_size=4, n_best=2, max_length_ratio=10.0,
+                                            workers=workers)
     outputs = [hypotheses[0].ids for hypotheses in found]
     assert all(len(h) == (2 if s else 1) for h, s in zip(found, sources))
   else:
     outputs, truncated = decoding.greedy_ids(session, ops, BUCKETS, sources, batch_size=4,
-                                             max_length_ratio=10.0)
+                                             max_length_ratio=10.0, workers=workers)
   for source, output in zip(sources, outputs):
     assert output == [x + 100 for x in source[:BUCKETS[-1][0]]]
   assert truncated == [i for i, s in enumerate(sources) if len(s) > BUCKETS[-1][0]]
@@ -129,6 +133,14 @@ def dev_lines(copy_corpus):
 def beam(translator, sources, beam_size, batch_size=16):
   return decoding.beam_search(translator.session, translator.graph.beam, translator.buckets,
                               sources, beam_size, batch_size)
+
+
+def test_batches_decoded_on_several_threads_give_what_one_thread_gives(translator, dev_lines):
+  sources = translator.source_spm.encode(dev_lines)
+  args = (translator.session, translator.graph.greedy, translator.buckets, sources, 4)
+  assert decoding.greedy_ids(*args, workers=3) == decoding.greedy_ids(*args, workers=1)
+  args = (translator.session, translator.graph.beam, translator.buckets, sources, 3, 4)
+  assert decoding.beam_search(*args, workers=3) == decoding.beam_search(*args, workers=1)
 
 
 def test_beam_one_equals_greedy(translator, dev_lines):
