@@ -25,6 +25,7 @@ from seq2seq_buckets import graphs
 from seq2seq_buckets import hparams as hparams_lib
 from seq2seq_buckets import manifest as manifest_lib
 from seq2seq_buckets import prepare as prepare_lib
+from seq2seq_buckets import progress
 from seq2seq_buckets import shards
 from seq2seq_buckets import vocab
 from seq2seq_buckets.batches import BatchedInput
@@ -161,12 +162,6 @@ def _feed(inputs, batch):
 def _summary(writer, step, values):
   writer.add_summary(tf1.Summary(value=[tf1.Summary.Value(tag=k, simple_value=float(v))
                                         for k, v in values.items()]), step)
-
-
-def _eta(seconds):
-  seconds = int(seconds)
-  return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else \
-      f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 def train(*, data_dir, train_dir, overrides, options, log=print):
@@ -358,7 +353,7 @@ def _log_window(log, writer, step, window, lr, pairs, options, train_start, star
   remaining = [(options.max_steps - step) / rate] if rate > 0 else []
   if options.max_time_minutes:
     remaining.append(60 * options.max_time_minutes - elapsed)
-  eta = _eta(max(0.0, min(remaining))) if remaining else "?"
+  eta = progress.duration(max(0.0, min(remaining))) if remaining else "?"
   log(f"step {step} epoch {epoch:.2f} lr {lr:.3g} step-time {step_time * 1000:.0f}ms "
       f"tok/s {tok_s:.0f} ppl {ppl:.2f} grad-norm {window['norm'] / steps:.2f} "
       f"input-wait {window['wait'] / window['time']:.1%} ETA {eta}")

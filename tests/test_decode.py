@@ -11,6 +11,7 @@ import pty
 import random
 import select
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -326,6 +327,46 @@ def test_cli_files_n_best(trained_copy, translator, dev_lines, tmp_path):
   assert [r[2] for r in rows] == [h.text for line in expected for h in line]
   np.testing.assert_allclose([float(r[1]) for r in rows],
                              [h.score for line in expected for h in line], atol=1e-3)
+
+
+def test_cli_chunks_keep_order_and_line_numbers(trained_copy, translator, dev_lines, tmp_path):
+  lines = dev_lines + ["", dev_lines[0]]  # 42 lines: chunks of 16, 16 and 10
+  src, out = tmp_path / "in.txt", tmp_path / "out.txt"
+  src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+  done = decode_cli(f"--train_dir={trained_copy}", f"--input={src}", f"--output={out}",
+                    "--beam_size=3", "--n_best=2", "--chunk_lines=16")
+  assert done.returncode == 0, done.stderr
+  expected = translator.translate(lines, beam_size=3, n_best=2).hypotheses
+  rows = [line.split("\t") for line in out.read_text(encoding="utf-8").splitlines()]
+  assert [(int(r[0]), r[2]) for r in rows] == [
+      (i + 1, h.text) for i, line in enumerate(expected) for h in line]
+  progress = [line for line in done.stderr.splitlines() if "ETA" in line]
+  assert [line.split()[1] for line in progress] == ["16/42", "32/42"], done.stderr
+  assert "translated 42 lines (1 empty, 0 truncated" in done.stderr
+
+
+def test_cli_ctrl_c_keeps_the_chunks_done(trained_copy, translator, dev_lines, tmp_path):
+  lines = dev_lines * 2000  # 80,000 lines: far more than are done before the interrupt
+  src, out = tmp_path / "in.txt", tmp_path / "out.txt"
+  src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+  process = subprocess.Popen(
+      [sys.executable, "-m", "seq2seq_buckets.cli.decode", f"--train_dir={trained_copy}",
+       f"--input={src}", f"--output={out}", "--chunk_lines=400"],
+      stderr=subprocess.PIPE, text=True)
+  seen = ""
+  while "ETA" not in seen:  # the first chunk is written
+    line = process.stderr.readline()
+    assert line, seen
+    seen += line
+  process.send_signal(signal.SIGINT)
+  seen += process.communicate(timeout=120)[1]
+  assert process.returncode == 130, seen
+  assert "Traceback" not in seen
+  written = out.read_text(encoding="utf-8").splitlines()
+  assert 400 <= len(written) < len(lines) and len(written) % 400 == 0
+  assert f"the translations of the first {len(written)} of {len(lines)} input lines" in seen
+  expected = [h[0].text for h in translator.translate(dev_lines).hypotheses]
+  assert written == (expected * 2000)[:len(written)]
 
 
 def test_cli_errors(trained_copy, tmp_path):

@@ -2,9 +2,10 @@
 
 Interactive when stdin is a terminal and no --input is given: the model loads
 once, then each typed line is translated as soon as it is entered; Ctrl-D quits.
-Otherwise every input line is read, decoded in batches grouped by bucket, and
-written in input order, one line out per line in (an empty line gives an empty
-line). With --n_best=N > 1 each input line gives up to N lines
+Otherwise the input is read and translated --chunk_lines lines at a time, in
+batches grouped by bucket; each chunk's translations are written in input order
+as soon as it is done, one line out per line in (an empty line gives an empty
+line), with progress and an ETA on stderr. With --n_best=N > 1 each input line gives up to N lines
 'LINE<TAB>SCORE<TAB>TRANSLATION', best first, LINE counting input lines from 1.
 """
 
@@ -59,10 +60,21 @@ def _read_input():
 
 
 def _batch():
+  """Translates the input a chunk at a time, writing each chunk's lines when it is done: on
+  Ctrl-C the output holds every line translated before it."""
   lines = _read_input()
+  written = 0
   with _open_output() as out:
-    translations = translation_flags.translate_all(lines, FLAGS.n_best)
-    out.writelines(line + "\n" for line in format_lines(translations, FLAGS.n_best))
+    try:
+      for first, translations in translation_flags.translate_chunks(lines, FLAGS.n_best):
+        out.writelines(line + "\n" for line in format_lines(translations, FLAGS.n_best,
+                                                            first + 1))
+        out.flush()
+        written = first + len(translations.hypotheses)
+    except KeyboardInterrupt:
+      common.log(f"the translations of the first {written} of {len(lines)} input lines "
+                 f"are written to {FLAGS.output or 'stdout'}")
+      raise
 
 
 def _interactive(options):

@@ -35,7 +35,8 @@ def main():
   else:
     src = evaluation.read_lines(FLAGS.src)
     evaluation.check_parallel(src, refs, FLAGS.src, FLAGS.ref)
-    hyps = [h[0].text for h in translation_flags.translate_all(src).hypotheses]
+    hyps = [h[0].text for _, translations in translation_flags.translate_chunks(src)
+            for h in translations.hypotheses]
   scores = evaluation.score(hyps, refs)
   if FLAGS.json:
     print(json.dumps(evaluation.as_json(scores, len(refs)), indent=1))

@@ -5,6 +5,7 @@ import time
 
 from absl import flags
 
+from seq2seq_buckets import progress
 from seq2seq_buckets.batches import DECODE_BATCH_SIZE
 from seq2seq_buckets.cli import common
 
@@ -20,6 +21,9 @@ flags.DEFINE_float("max_length_ratio", 2.0, "Translations stop after max_length_
                    "pieces + 5 pieces (and at the bucket's target length).")
 flags.DEFINE_integer("batch_size", DECODE_BATCH_SIZE, "Sentences per batch (with beam "
                      "search, x beam_size decoder rows per step).")
+flags.DEFINE_integer("chunk_lines", 4000, "Input lines translated at a time: after each chunk "
+                     "its translations are written and progress with an ETA is logged.",
+                     lower_bound=1)
 FLAGS = flags.FLAGS
 
 
@@ -46,20 +50,29 @@ def _translator_lib():
   return translator
 
 
-def translate_all(lines, n_best=1):
-  """Loads the model and translates `lines` in batches; logs truncations and a summary.
+def translate_chunks(lines, n_best=1):
+  """Loads the model and translates `lines` --chunk_lines at a time, in input order.
 
-  Returns translator.Translations in input order.
+  Yields (index of the chunk's first line, translator.Translations of the chunk).
+  Logs the chunk's truncation warnings, then progress with an ETA while lines
+  remain, and a summary after the last chunk. Chunks cost little speed: each is
+  still batched by bucket.
   """
   options = search_options(n_best)
   with load_translator() as translator:
     start = time.perf_counter()
-    translations = translator.translate(lines, **options)
+    truncated = 0
+    for first in range(0, len(lines), FLAGS.chunk_lines):
+      translations = translator.translate(lines[first:first + FLAGS.chunk_lines], **options)
+      warn_truncated(translations, translator.max_source_pieces, first + 1)
+      truncated += len(translations.truncated)
+      done = first + len(translations.hypotheses)
+      if done < len(lines):
+        common.log("translated " + progress.eta_line(done, len(lines),
+                                                     time.perf_counter() - start, "lines"))
+      yield first, translations
     seconds = time.perf_counter() - start
-  warn_truncated(translations, translator.max_source_pieces)
-  common.log(summary(len(lines), sum(not line.strip() for line in lines),
-                     len(translations.truncated), seconds))
-  return translations
+  common.log(summary(len(lines), sum(not line.strip() for line in lines), truncated, seconds))
 
 
 def warn_truncated(translations, largest, first_line=1):

@@ -1,0 +1,16 @@
+"""Progress text shared by training and batch decoding logs."""
+
+
+def duration(seconds):
+  """Seconds -> '4m05s', or '2h13m' from an hour up."""
+  seconds = int(seconds)
+  return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else \
+      f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def eta_line(done, total, seconds, unit):
+  """'done/total unit (P%), R unit/s, ETA 4m05s' after `seconds` spent on `done` of `total`."""
+  rate = done / max(seconds, 1e-9)
+  left = (total - done) / rate if rate > 0 else 0.0
+  return (f"{done}/{total} {unit} ({100.0 * done / max(total, 1):.0f}%), {rate:.1f} {unit}/s, "
+          f"ETA {duration(left)}")
