@@ -97,7 +97,7 @@ def _run_batches(run, batches, workers):
   """Calls run(batch, padded, limits) for every item of `batches`, on `workers` threads.
 
   Each thread's session.run works on its own batch, so with single-threaded ops
-  (translator.decoding_config) the cores each decode a batch. The largest
+  (see translator._restored_session) the cores each decode a batch. The largest
   buckets go first, so that no core is left with a long batch at the end.
   """
   items = sorted(batches, key=lambda item: -item[0].bucket)

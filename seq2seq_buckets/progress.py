@@ -9,8 +9,9 @@ def duration(seconds):
 
 
 def eta_line(done, total, seconds, unit):
-  """'done/total unit (P%), R unit/s, ETA 4m05s' after `seconds` spent on `done` of `total`."""
+  """'done/total unit (P%), R unit/s, ETA 4m05s' after `seconds` spent on `done` of `total`
+  (ETA ? before anything is done)."""
   rate = done / max(seconds, 1e-9)
-  left = (total - done) / rate if rate > 0 else 0.0
+  eta = duration((total - done) / rate) if rate > 0 else "?"
   return (f"{done}/{total} {unit} ({100.0 * done / max(total, 1):.0f}%), {rate:.1f} {unit}/s, "
-          f"ETA {duration(left)}")
+          f"ETA {eta}")

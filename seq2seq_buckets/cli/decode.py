@@ -5,8 +5,9 @@ once, then each typed line is translated as soon as it is entered; Ctrl-D quits.
 Otherwise the input is read and translated --chunk_lines lines at a time, in
 batches grouped by bucket; each chunk's translations are written in input order
 as soon as it is done, one line out per line in (an empty line gives an empty
-line), with progress and an ETA on stderr. With --n_best=N > 1 each input line gives up to N lines
-'LINE<TAB>SCORE<TAB>TRANSLATION', best first, LINE counting input lines from 1.
+line), with progress and an ETA on stderr. With --n_best=N > 1 each input line
+gives up to N lines 'LINE<TAB>SCORE<TAB>TRANSLATION', best first, LINE counting
+input lines from 1.
 """
 
 import sys
