@@ -354,7 +354,7 @@ def test_cli_ctrl_c_keeps_the_chunks_done(trained_copy, translator, dev_lines, t
        f"--input={src}", f"--output={out}", "--chunk_lines=400"],
       stderr=subprocess.PIPE, text=True)
   seen = ""
-  while "ETA" not in seen:  # the first chunk is written
+  while "ETA" not in seen:  # logged once the first chunk is written
     line = process.stderr.readline()
     assert line, seen
     seen += line

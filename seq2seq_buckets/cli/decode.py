@@ -10,6 +10,8 @@ gives up to N lines 'LINE<TAB>SCORE<TAB>TRANSLATION', best first, LINE counting
 input lines from 1.
 """
 
+import contextlib
+import signal
 import sys
 import time
 
@@ -60,18 +62,34 @@ def _read_input():
     return evaluation.lines_of(stdin, "stdin")
 
 
+@contextlib.contextmanager
+def _interrupt_deferred():
+  """Holds a Ctrl-C (SIGINT) back until the block has run, then raises KeyboardInterrupt."""
+  caught = []
+  previous = signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGINT, previous)
+  if caught:
+    raise KeyboardInterrupt
+
+
 def _batch():
-  """Translates the input a chunk at a time, writing each chunk's lines when it is done: on
-  Ctrl-C the output holds every line translated before it."""
+  """Translates the input a chunk at a time, writing each chunk's lines whole when it is
+  done: on Ctrl-C the output holds the chunks translated before it, and says how many
+  lines they hold."""
   lines = _read_input()
   written = 0
   with _open_output() as out:
     try:
       for first, translations in translation_flags.translate_chunks(lines, FLAGS.n_best):
-        out.writelines(line + "\n" for line in format_lines(translations, FLAGS.n_best,
+        text = "".join(line + "\n" for line in format_lines(translations, FLAGS.n_best,
                                                             first + 1))
-        out.flush()
-        written = first + len(translations.hypotheses)
+        with _interrupt_deferred():
+          out.write(text)
+          out.flush()
+          written = first + len(translations.hypotheses)
     except KeyboardInterrupt:
       common.log(f"the translations of the first {written} of {len(lines)} input lines "
                  f"are written to {FLAGS.output or 'stdout'}")

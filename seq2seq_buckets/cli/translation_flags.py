@@ -54,9 +54,9 @@ def translate_chunks(lines, n_best=1):
   """Loads the model and translates `lines` --chunk_lines at a time, in input order.
 
   Yields (index of the chunk's first line, translator.Translations of the chunk).
-  Logs the chunk's truncation warnings, then progress with an ETA while lines
-  remain, and a summary after the last chunk. Chunks cost little speed: each is
-  still batched by bucket.
+  Logs the chunk's truncation warnings; once the caller has taken the chunk (and
+  asks for the next), progress with an ETA while lines remain; a summary after
+  the last chunk. Chunks cost little speed: each is still batched by bucket.
   """
   options = search_options(n_best)
   with load_translator() as translator:
@@ -66,11 +66,11 @@ def translate_chunks(lines, n_best=1):
       translations = translator.translate(lines[first:first + FLAGS.chunk_lines], **options)
       warn_truncated(translations, translator.max_source_pieces, first + 1)
       truncated += len(translations.truncated)
+      yield first, translations
       done = first + len(translations.hypotheses)
       if done < len(lines):
         common.log("translated " + progress.eta_line(done, len(lines),
                                                      time.perf_counter() - start, "lines"))
-      yield first, translations
     seconds = time.perf_counter() - start
   common.log(summary(len(lines), sum(not line.strip() for line in lines), truncated, seconds))
 
