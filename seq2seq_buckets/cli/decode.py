@@ -64,9 +64,14 @@ def _read_input():
 
 @contextlib.contextmanager
 def _interrupt_deferred():
-  """Holds a Ctrl-C (SIGINT) back until the block has run, then raises KeyboardInterrupt."""
+  """Holds a Ctrl-C (SIGINT) back until the block has run, then raises KeyboardInterrupt
+  (unless SIGINT is ignored, as in a background job of a script)."""
   caught = []
-  previous = signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+  previous = signal.getsignal(signal.SIGINT)
+  if previous in (None, signal.SIG_IGN):
+    yield
+    return
+  signal.signal(signal.SIGINT, lambda *_: caught.append(True))
   try:
     yield
   finally:
