@@ -28,7 +28,7 @@ from seq2seq_buckets import prepare as prepare_lib
 from seq2seq_buckets import progress
 from seq2seq_buckets import shards
 from seq2seq_buckets import vocab
-from seq2seq_buckets.batches import BatchedInput
+from seq2seq_buckets.batches import DECODE_BATCH_SIZE, BatchedInput
 from seq2seq_buckets.errors import UserError
 from seq2seq_buckets.sampler import BucketSampler
 
@@ -225,8 +225,8 @@ def train(*, data_dir, train_dir, overrides, options, log=print):
     result = {"step": step, "dev_loss": dev_loss, "dev_ppl": math.exp(min(dev_loss, 50)),
               "dev_ppl_per_bucket": per_bucket}
     if options.steps_per_bleu and step % options.steps_per_bleu == 0 and dev_src:
-      ids, _ = decoding.greedy_ids(session, tg.greedy, hp.buckets, dev_src_ids, 128,
-                                   workers=CORES)
+      ids, _ = decoding.greedy_ids(session, tg.greedy, hp.buckets, dev_src_ids,
+                                   DECODE_BATCH_SIZE, workers=CORES)
       hyps = [tgt_spm.decode(i) for i in ids]
       result["dev_bleu"] = sacrebleu.corpus_bleu(hyps, [dev_ref]).score
     return result
