@@ -139,6 +139,14 @@ def forward_flops(hp, source_len, target_len, projected_len=None):
   return encoder + target_len * (dec + attention) + projected_len * projection
 
 
+def decoding_flops(hp, source_len, output_len, beam=1):
+  """Matmul FLOPs of decoding one sentence: the encoder over source_len pieces, then
+  beam * (output_len + 1) decoder steps (the output's pieces and EOS, on each of the
+  beam's rows). A lower bound for beam search, which may search on after its best
+  hypothesis has ended; greedy decoding runs exactly these steps."""
+  return forward_flops(hp, source_len, beam * (output_len + 1))
+
+
 def training_flops(hp, source_len, target_len, projected_len=None):
   """Forward + backward (2x forward) matmul FLOPs of one training pass over one pair."""
   return 3 * forward_flops(hp, source_len, target_len, projected_len)
@@ -203,6 +211,7 @@ TABLE_ROWS = [
     ("flops_per_target_token", "model FLOPs per target token (training, analytic)", None),
     ("achieved_gflops", "achieved model GFLOP/s (bucketed training)", 1),
     ("mfu", "mfu (achieved / measured matmul peak)", 3),
+    ("matmul_gflops_one_thread", "fp32 matmul peak on one thread, GFLOP/s", 1),
     ("train_peak_rss_mb", "training peak RSS, MB", 0),
     ("decode_greedy_sent_per_s", "decoding greedy, sentences/s (batched)", 1),
     ("decode_beam_sent_per_s", "decoding beam 5, sentences/s (batched)", 1),
@@ -210,6 +219,12 @@ TABLE_ROWS = [
     ("interactive_p95_ms", "interactive greedy p95 / sentence, ms", 1),
     ("interactive_beam_p50_ms", "interactive beam 5 p50 / sentence, ms", 1),
     ("interactive_beam_p95_ms", "interactive beam 5 p95 / sentence, ms", 1),
+    ("decode_greedy_gflops", "decoding greedy, model GFLOP/s (analytic)", 1),
+    ("decode_greedy_peak_fraction", "decoding greedy, fraction of the matmul peak", 2),
+    ("decode_greedy_sent_per_s_at_peak", "greedy sentences/s if all ran at the matmul peak", 0),
+    ("decode_beam_gflops", "decoding beam 5, model GFLOP/s (analytic lower bound)", 1),
+    ("decode_beam_sent_per_s_at_peak", "beam-5 sentences/s if all ran at the matmul peak (at most)",
+     0),
     ("decode_peak_rss_mb", "decoding peak RSS, MB", 0),
     ("bleu_greedy", "BLEU greedy (sacreBLEU, test subset as decoded)", 2),
     ("bleu_beam", "BLEU beam 5", 2),
@@ -219,6 +234,9 @@ TABLE_ROWS = [
     ("peer_decode_beam_sent_per_s", "OpenNMT-py beam 5, sentences/s", 1),
     ("peer_decode_speedup_greedy", "greedy decoding speedup over OpenNMT-py", 2),
     ("peer_decode_speedup", "beam-5 decoding speedup over OpenNMT-py", 2),
+    ("peer_decode_speedup_greedy_at_peak", "greedy speedup over OpenNMT-py at the matmul peak", 2),
+    ("peer_decode_speedup_at_peak", "beam-5 speedup over OpenNMT-py at the matmul peak (at most)",
+     2),
     ("peer_decode_greedy_sent_per_s_batch30", "OpenNMT-py greedy, batch 30, sentences/s", 1),
     ("peer_decode_beam_sent_per_s_batch30", "OpenNMT-py beam 5, batch 30, sentences/s", 1),
     ("peer_decode_speedup_greedy_batch30", "greedy speedup over OpenNMT-py at batch 30", 2),
@@ -324,14 +342,18 @@ def run_worker(name, args, work_dir):
 
 # --- workers: each runs in its own process ----------------------------------------------
 
-def _session(graph):
+def _session(graph, threads=None):
+  """A session as training's; threads: threads per op, when not training's (TensorFlow
+  keeps the first session's setting for the whole process)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from seq2seq_buckets.trainer import session_config  # pylint: disable=g-import-not-at-top
-  return tf.compat.v1.Session(graph=graph, config=session_config())
+  from seq2seq_buckets import trainer  # pylint: disable=g-import-not-at-top
+  return tf.compat.v1.Session(graph=graph, config=trainer.session_config(
+      intra_op_threads=threads or trainer.CORES))
 
 
 def worker_matmul(a):
-  """fp32 GFLOP/s of an n x n matmul through TensorFlow (best of reps, and median)."""
+  """fp32 GFLOP/s of an n x n matmul through TensorFlow (best of reps, and median), on
+  a["threads"] threads (default: every core, as training runs)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from seq2seq_buckets import graphs  # noqa: F401  (graph mode, as the project runs)
   tf1 = tf.compat.v1
@@ -343,7 +365,7 @@ def worker_matmul(a):
     product = tf.matmul(x, y)
     init = tf1.global_variables_initializer()
   rates = []
-  with _session(graph) as session:
+  with _session(graph, a.get("threads")) as session:
     session.run(init)
     session.run(product.op)  # first run: kernel selection, allocation
     for _ in range(a["reps"]):
@@ -527,7 +549,8 @@ def worker_decode(a):
   in, SentencePiece, bucketed decoding, detokenized text out.
   """
   import sacrebleu  # pylint: disable=g-import-not-at-top
-  from seq2seq_buckets import graphs, translator  # pylint: disable=g-import-not-at-top
+  from seq2seq_buckets import graphs, translator, vocab  # pylint: disable=g-import-not-at-top
+  from seq2seq_buckets import hparams as hparams_lib  # pylint: disable=g-import-not-at-top
 
   out = {}
   build = graphs.build_inference_graph
@@ -545,6 +568,9 @@ def worker_decode(a):
   graphs.build_inference_graph = build
   sources = _read_lines(a["src"], a["lines"])
   refs = _read_lines(a["ref"], a["lines"])
+  hp = hparams_lib.load(a["train_dir"])
+  source_lens = [min(len(ids), model.max_source_pieces)
+                 for ids in vocab.encode_lines(model.source_spm, sources)]
 
   def texts(lines, beam, batch):
     found = model.translate(lines, beam_size=beam, batch_size=batch).hypotheses
@@ -559,8 +585,11 @@ def worker_decode(a):
     seconds = time.perf_counter() - start
     out[f"decode_{name}_sent_per_s"] = len(sources) / seconds
     out[f"bleu_{name}"] = sacrebleu.corpus_bleu(hyps, [refs]).score
-    out[f"decode_{name}_mean_output_pieces"] = (
-        sum(len(p) for p in model.target_spm.encode(hyps)) / max(len(hyps), 1))
+    output_lens = [len(p) for p in model.target_spm.encode(hyps)]
+    out[f"decode_{name}_mean_output_pieces"] = sum(output_lens) / max(len(hyps), 1)
+    # analytic (see decoding_flops): exact for greedy, a lower bound for beam search
+    flops = sum(decoding_flops(hp, s, o, beam) for s, o in zip(source_lens, output_lens))
+    out[f"decode_{name}_gflops"] = flops / seconds / 1e9
     latencies = []  # interactive: one sentence at a time, text in, text out
     for line in sources[:a["interactive_lines"]]:
       start = time.perf_counter()
@@ -801,6 +830,10 @@ def run_peer(args, settings, hp, buckets, data_dir, paths, work, ours):
                                             out["peer_decode_greedy_sent_per_s"])
   out["peer_decode_speedup"] = ratio(ours.get("decode_beam_sent_per_s"),
                                      out["peer_decode_beam_sent_per_s"])
+  out["peer_decode_speedup_greedy_at_peak"] = ratio(ours.get("decode_greedy_sent_per_s_at_peak"),
+                                                    out["peer_decode_greedy_sent_per_s"])
+  out["peer_decode_speedup_at_peak"] = ratio(ours.get("decode_beam_sent_per_s_at_peak"),
+                                             out["peer_decode_beam_sent_per_s"])
   for name, key in (("greedy", "peer_decode_speedup_greedy"), ("beam", "peer_decode_speedup")):
     peer = out.get(f"peer_decode_{name}_sent_per_s{PEER_MD_SUFFIX}")
     if peer:
@@ -904,7 +937,11 @@ def main(argv=None):
         "matmul": {"size": settings["matmul_size"], "reps": settings["matmul_reps"]}}, work)
     results["machine"]["tensorflow"] = speed.pop("tensorflow")
     results.update(speed)
-    log(f"matmul peak {results['matmul_gflops']:.1f} GFLOP/s")
+    one_thread, _ = run_worker("matmul", {"size": settings["matmul_size"],
+                                          "reps": settings["matmul_reps"], "threads": 1}, work)
+    results["matmul_gflops_one_thread"] = one_thread["matmul_gflops"]
+    log(f"matmul peak {results['matmul_gflops']:.1f} GFLOP/s "
+        f"({results['matmul_gflops_one_thread']:.1f} on one thread)")
     results["bucket_speedup"] = ratio(results["train_tokens_per_s_bucketed"],
                                       results["train_tokens_per_s_padded"])
     results["flops_per_target_token"] = results["useful_flops_per_target_token_bucketed"]
@@ -949,6 +986,13 @@ def main(argv=None):
         "batch_size": settings["batch_size"], "beam": settings["beam"]}, work)
     results.update(decoded)
     results["decode_peak_rss_mb"] = rss
+    for name in ("greedy", "beam"):
+      # sentences/s if decoding's matmul FLOPs all ran at the measured peak
+      results[f"decode_{name}_sent_per_s_at_peak"] = (
+          results[f"decode_{name}_sent_per_s"] * results["matmul_gflops"] /
+          results[f"decode_{name}_gflops"])
+      results[f"decode_{name}_peak_fraction"] = (results[f"decode_{name}_gflops"] /
+                                                 results["matmul_gflops"])
     results["graph_build_s"] = (results["train_graph_build_s"] + results["init_s"] +
                                 results["inference_graph_build_s"])
 

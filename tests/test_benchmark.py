@@ -83,3 +83,15 @@ def test_flops_count_the_projection_only_where_asked():
   assert bench.forward_flops(hp, 5, 7, projected_len=7) == full
   assert full - bench.forward_flops(hp, 5, 7, projected_len=3) == 4 * 2 * 8 * 100
   assert bench.training_flops(hp, 5, 7, 3) == 3 * bench.forward_flops(hp, 5, 7, 3)
+
+
+def test_decoding_flops_count_one_encoder_and_beam_rows_of_decoder_steps():
+  """Greedy: the encoder once and output + 1 decoder steps (EOS too); beam k runs k
+  rows of those steps over the same single encoding."""
+  bench = _load()
+  hp = {"size": 8, "embedding_size": 8, "num_layers": 2, "tgt_vocab_size": 100,
+        "bidirectional_encoder": True}
+  encoder = bench.forward_flops(hp, 5, 0)
+  greedy = bench.decoding_flops(hp, 5, 6)
+  assert greedy == bench.forward_flops(hp, 5, 7)
+  assert bench.decoding_flops(hp, 5, 6, beam=4) - encoder == 4 * (greedy - encoder)
