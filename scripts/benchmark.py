@@ -361,6 +361,9 @@ def worker_matmul(a):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from seq2seq_buckets import graphs  # noqa: F401  (graph mode, as the project runs)
   tf1 = tf.compat.v1
+  if a.get("threads"):
+    # the process-wide pool, before anything makes it (see trainer.session_config)
+    tf.config.threading.set_intra_op_parallelism_threads(a["threads"])
   n = a["size"]
   graph = tf.Graph()
   with graph.as_default():

@@ -96,9 +96,10 @@ def _padded_batches(sources, buckets, batch_size, max_length_ratio):
 def _run_batches(run, batches, workers):
   """Calls run(batch, padded, limits) for every item of `batches`, on `workers` threads.
 
-  Each thread's session.run works on its own batch, so with single-threaded ops
-  (see translator._restored_session) the cores each decode a batch. The largest
-  buckets go first, so that no core is left with a long batch at the end.
+  Each thread's session.run works on its own batch, so the cores are busy with
+  `workers` batches rather than sharing out the small ops of one (see
+  translator._restored_session). The largest buckets go first, so that no core is
+  left with a long batch at the end.
   """
   items = sorted(batches, key=lambda item: -item[0].bucket)
   if workers <= 1 or len(items) <= 1:

@@ -54,7 +54,9 @@ def session_config(intra_op_threads=CORES, inter_op_threads=2):
   Grappler's rewrites of these large unrolled graphs cost seconds on the first run
   of every bucket (5.7 s vs 1.4 s for a (18, 20) bucket of the reference model)
   and, measured side by side, made steps no faster. TensorFlow keeps one pool of
-  threads inside ops per process: the first session's intra_op_threads holds for all.
+  threads inside ops per process, made once: by the first session, unless something
+  came first (building a tf.function, as the inference graph does, makes it with a
+  thread per core). Later intra_op_threads settings do not change it.
   """
   config = tf1.ConfigProto(intra_op_parallelism_threads=intra_op_threads,
                            inter_op_parallelism_threads=inter_op_threads)
