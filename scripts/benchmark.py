@@ -342,8 +342,8 @@ def run_worker(name, args, work_dir):
 # --- workers: each runs in its own process ----------------------------------------------
 
 def _session(graph, threads=None):
-  """A session as training's; threads: threads per op, when not training's (TensorFlow
-  keeps the first session's setting for the whole process)."""
+  """A session as training's; threads: threads per op, when not training's (this holds
+  only if the process's op thread pool is not made yet; see trainer.session_config)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from seq2seq_buckets import trainer  # pylint: disable=g-import-not-at-top
   return tf.compat.v1.Session(graph=graph, config=trainer.session_config(
