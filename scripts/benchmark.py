@@ -579,6 +579,7 @@ def worker_decode(a):
     return result
 
   graphs.build_inference_graph = timed_build
+  translator.one_thread_per_op()  # as s2s-decode
   start = time.perf_counter()
   model = translator.Translator(a["train_dir"])
   out["decode_load_s"] = time.perf_counter() - start

@@ -154,7 +154,7 @@ def build_inference_graph(hparams):
   bucket (see the module docstring)."""
   graph = tf.Graph()
   with graph.as_default():
-    model = Seq2SeqModel(hparams, cache_output_kernel=True)
+    model = Seq2SeqModel(hparams, decoding_caches=True)
     tf1.train.get_or_create_global_step()
     enc_inputs, lengths = encoder_placeholders()
     encoded = model.encode(enc_inputs, lengths, training=False)
@@ -167,6 +167,6 @@ def build_inference_graph(hparams):
 
 def restore_inference(inference_graph, session, checkpoint):
   """Restores checkpoint into session (on inference_graph.graph) and fills the
-  decoding-only cache of the transposed output projection."""
+  decoding-only caches (Seq2SeqModel.refresh_caches)."""
   inference_graph.saver.restore(session, checkpoint)
-  session.run(inference_graph.model.refresh_output_kernel)
+  session.run(inference_graph.model.refresh_caches)

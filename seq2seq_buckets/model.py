@@ -42,13 +42,13 @@ class Seq2SeqModel:
   Dropout (rate `dropout_rate`, hparams.dropout unless fed; feed 0.0 to evaluate)
   is applied to embeddings, between layers and to the attentional output in
   `loss` only. Decoder dropout masks are drawn once per sequence ([O * layers, B, H])
-  so an unrolled step costs one multiply per dropout site. cache_output_kernel: for
-  decoding graphs (see `refresh_output_kernel`). sharing: a Seq2SeqModel whose
+  so an unrolled step costs one multiply per dropout site. decoding_caches: for
+  decoding graphs (see `refresh_caches`). sharing: a Seq2SeqModel whose
   variables and dropout rate this one uses, through reads of its own (see
   `with_own_reads`).
   """
 
-  def __init__(self, hparams, cache_output_kernel=False, sharing=None):
+  def __init__(self, hparams, decoding_caches=False, sharing=None):
     self.hp = hp = hparams
     self._traced = {}  # see _traced_function
     self.dropout_rate = (sharing.dropout_rate if sharing else
@@ -82,15 +82,17 @@ class Seq2SeqModel:
             "output_bias", [hp.tgt_vocab_size], initializer=tf1.zeros_initializer()))
         # [H, V]: a matmul with transpose_b is several times slower on this CPU for
         # the few rows of a decoding step. Training transposes once per run; decoding
-        # keeps the transpose in a local variable that `refresh_output_kernel` fills
-        # once after a restore (a per-run transpose would copy V x H floats per step).
+        # keeps the transpose in a local variable that `refresh_caches` fills
+        # once after a restore (a per-run transpose would copy V x H floats per step),
+        # and so the decoder cells' step weights (see LSTMCell.cache_step_weights).
         transposed = tf.transpose(self.output_weights)
-        if cache_output_kernel:
-          cache = tf1.get_variable("output_kernel_cache", transposed.shape, trainable=False,
-                                   collections=[tf1.GraphKeys.LOCAL_VARIABLES],
-                                   initializer=tf1.zeros_initializer())
-          self.refresh_output_kernel = cache.assign(transposed).op
-          self.output_kernel = read(cache)
+        if decoding_caches:
+          self.output_kernel, fill = _local_copy("output_kernel_cache", transposed)
+          fills = [fill]
+          for layer, cell in enumerate(self.decoder_cells):
+            fills += cell.cache_step_weights(
+                lambda name, value, layer=layer: _local_copy(f"layer_{layer}_{name}", value))
+          self.refresh_caches = tf.group(fills)
         else:
           self.output_kernel = transposed
           transposed_kernel(transposed, known=self.output_weights)
@@ -363,6 +365,15 @@ class Seq2SeqModel:
 
     return tuple(beam_search.search(step, carried, fixed, limits, beam_size, n_best, alpha,
                                     most))
+
+
+def _local_copy(name, value):
+  """A local variable `name` (not saved, not trained) for a copy of the tensor value ->
+  (its read, the op that fills it with value)."""
+  cache = tf1.get_variable(name, value.shape, trainable=False,
+                           collections=[tf1.GraphKeys.LOCAL_VARIABLES],
+                           initializer=tf1.zeros_initializer())
+  return read(cache), cache.assign(value).op
 
 
 def _smoothed_cross_entropy(logits, targets, smoothing):

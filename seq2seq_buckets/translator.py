@@ -62,6 +62,22 @@ def check_search(beam_size, length_penalty, max_length_ratio, n_best, batch_size
     raise UserError(f"batch_size must be >= 1, not {batch_size}")
 
 
+def one_thread_per_op():
+  """Makes TensorFlow's process-wide op thread pool a single thread, unless it exists
+  already (anything that starts TensorFlow's runtime makes it, with a thread per core,
+  and a session cannot change it). For processes that only decode: with a batch per
+  core decoding side by side, ops on one thread each, and the decoder's LSTM kernels
+  padded (LSTMCell.cache_step_weights), test_2016_flickr decoded greedy 633-737
+  against 488-632 sentences/s and beam 5 168-183 against 137-162 (m11 recipe model,
+  alternating processes, 2026-11-28). Either change alone gained nothing: on a pool
+  of a thread per core the 1024-column matmuls are not slow.
+  """
+  try:
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+  except RuntimeError:  # the pool is made
+    pass
+
+
 class Translator:
   """hparams, SentencePiece models and a checkpoint of a train_dir, in one session."""
 
@@ -138,13 +154,8 @@ def _restored_session(graph, checkpoint):
 
   `translate` runs one batch per core at a time (decoding._run_batches), so the
   session runs as many ops at a time as there are cores. On test_2016_flickr this
-  decoded greedy 1.45x and beam 5 1.3x faster than one batch at a time.
-
-  Ops share out their work on TensorFlow's process-wide pool, which building the
-  graph's tf.functions has already made with a thread per core: asking this session
-  for one thread per op changes nothing. With the pool made of one thread (set before
-  TensorFlow starts) decoding was no faster: greedy 513-591 against 500-606
-  sentences/s, beam 5 146-176 against 145-188, alternating processes.
+  decoded greedy 1.45x and beam 5 1.3x faster than one batch at a time. Ops share
+  out their work on TensorFlow's process-wide pool (see one_thread_per_op).
   """
   config = trainer.session_config(inter_op_threads=trainer.CORES)
   session = tf1.Session(graph=graph.graph, config=config)

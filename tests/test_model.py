@@ -313,3 +313,26 @@ def test_gru_sequence_of_any_length_equals_the_unrolled_one():
   for a, b in zip(tf.nest.flatten(got), tf.nest.flatten(expected)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   assert np.abs(expected[0]).max() > 0.1
+
+
+@pytest.mark.parametrize("units", [128, 20])
+def test_lstm_decoding_step_on_padded_weights_equals_the_unpadded_step(units):
+  """cache_step_weights pads a 512-multiple gate width (4 x 128) with zero columns and
+  leaves others as they are; the step's outputs do not change."""
+  graph = tf.Graph()
+  with graph.as_default():
+    with tf1.variable_scope("cell", initializer=tf1.random_uniform_initializer(-0.5, 0.5, seed=3)):
+      cell = cells.make_cell("lstm", 8, units, "lstm")
+    state = (tf.random.uniform([3, units], seed=1), tf.random.uniform([3, units], seed=2))
+    inputs = [tf.random.uniform([3, 8], seed=4)]
+    plain = cell.step(state, inputs, differentiable=False)
+    fills = cell.cache_step_weights(lambda name, value: (value, tf.no_op()))
+    padded = cell.step(state, inputs, differentiable=False)
+    widths = [w.shape[-1] for w in cell._step_weights]  # pylint: disable=protected-access
+    with tf1.Session() as session:
+      session.run(tf1.global_variables_initializer())
+      before, after = session.run([plain, padded])
+  assert len(fills) == (2 if units == 128 else 0)
+  assert widths == ([4 * units + cells.STEP_PAD] * 2 if units == 128 else [4 * units] * 2)
+  np.testing.assert_allclose(after[0], before[0], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(after[1][0], before[1][0], rtol=1e-5, atol=1e-6)

@@ -30,6 +30,7 @@ FLAGS = flags.FLAGS
 def load_translator():
   """The --train_dir model, restored from --checkpoint or the latest checkpoint."""
   start = time.perf_counter()
+  _translator_lib().one_thread_per_op()
   translator = _translator_lib().Translator(FLAGS.train_dir, FLAGS.checkpoint)
   common.log(f"loaded {translator.checkpoint} in {time.perf_counter() - start:.1f}s")
   return translator
