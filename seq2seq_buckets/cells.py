@@ -56,7 +56,7 @@ class _Layer:
 
   def cache_step_weights(self, cache):
     """For decoding graphs: cache(name, value) -> (read, fill op) holds weights that the
-    non-differentiable `step` uses; returns the fill ops. None by default."""
+    non-differentiable `step` uses; returns the fill ops. This layer keeps none."""
     del cache
     return []
 
