@@ -362,7 +362,8 @@ def worker_matmul(a):
   from seq2seq_buckets import graphs  # noqa: F401  (graph mode, as the project runs)
   tf1 = tf.compat.v1
   if a.get("threads"):
-    # the process-wide pool, before anything makes it (see trainer.session_config)
+    # The process-wide op pool is made once, from this setting if TensorFlow's runtime
+    # starts first, else from the first session's (_session): both ask for `threads`.
     tf.config.threading.set_intra_op_parallelism_threads(a["threads"])
   n = a["size"]
   graph = tf.Graph()
