@@ -6,8 +6,8 @@ small enough to build in seconds. Core TensorFlow no longer registers its
 gradient: the step ends in an IdentityN whose gradient `gradients.py` supplies.
 Decoding loops hold one step, not one per position, so there the step is a
 matmul and elementwise ops, which XLA can compile (it has no LSTMBlockCell
-kernel). A whole sequence (the encoder) is one BlockLSTM op, same gates and
-weights, with a gradient from `gradients.py` too.
+kernel). A whole training sequence (the encoder) is one BlockLSTM op, same gates
+and weights, with a gradient from `gradients.py` too.
 
 Each layer keeps one kernel [in + units, G*units] whose rows are the input rows
 followed by the recurrent rows. States are tuples of [B, units] float32: LSTM
@@ -60,11 +60,10 @@ class _Layer:
     del cache
     return []
 
-  def sequence(self, x, state, differentiable=True, used_steps=None):
+  def sequence(self, x, state, differentiable=True):
     """x [T, B, in] -> (outputs [T, B, units], states: tuple of [T, B, units]).
     Unrolled when T is static; otherwise (decoding a source of any length) the step
-    runs in a while loop. used_steps: ignored here (every step runs)."""
-    del used_steps
+    runs in a while loop."""
     if x.shape[0] is None:
       states = tf.scan(lambda state, x_t: self.step(state, [x_t], differentiable)[1], x,
                        initializer=tuple(state))
@@ -111,22 +110,44 @@ class LSTMCell(_Layer):
     zeros = tf.zeros([batch, self.units])
     return (zeros, zeros)
 
-  def sequence(self, x, state, differentiable=True, used_steps=None):
+  def sequence(self, x, state, differentiable=True):
     """x [T, B, in] -> (outputs [T, B, units], states (c, h): [T, B, units] each).
 
-    One fused BlockLSTM op for all T steps (same gate order and weights as `step`;
-    differentiable or not, gradients.py supplies its gradient). used_steps (int64
-    scalar, for decoding): only the first used_steps steps run, later outputs and
-    states are zeros."""
+    differentiable (training): one fused BlockLSTM op for all T steps (same gate
+    order and weights as `step`), whose gradient gradients.py supplies. Otherwise
+    (encoding to decode) the inputs' share of every step's gates is one matmul
+    [T * B, in] x [in, gates] and a while loop adds the recurrent share step by step,
+    on the step weights (see cache_step_weights): BlockLSTM's own multiply ran the
+    recipe model's encoder at <= 46 GFLOP/s on one thread, MatMul runs these shapes
+    at ~70.
+    """
     c, h = state
-    if used_steps is None:
-      used_steps = tf.constant(x.shape[0], tf.int64)
+    if not differentiable:
+      kernel, bias = self._step_weights
+      input_rows, recurrent_rows = tf.split(kernel, [self.input_size, self.units])
+      shape = tf.shape(x)
+      projected = tf.reshape(tf.matmul(tf.reshape(x, [-1, self.input_size]), input_rows) + bias,
+                             [shape[0], shape[1], kernel.shape[1]])
+      step = lambda state, gates: self._update(gates + tf.matmul(state[1], recurrent_rows),
+                                               state[0])[1]
+      c, h = tf.scan(step, projected, initializer=(c, h))
+      return h, (c, h)
     with tf1.get_default_graph().gradient_override_map({"BlockLSTM": "BlockLSTMSequence"}):
       block = tf.raw_ops.BlockLSTM(
-          seq_len_max=used_steps, x=x, cs_prev=c, h_prev=h,
+          seq_len_max=tf.shape(x, out_type=tf.int64)[0], x=x, cs_prev=c, h_prev=h,
           w=self.kernel, wci=self._no_peephole, wcf=self._no_peephole, wco=self._no_peephole,
           b=self.bias, forget_bias=0.0, cell_clip=-1.0, use_peephole=False)
     return block.h, (block.cs, block.h)
+
+  def _update(self, gates, c):
+    """gates [B, 4 * units (+ padding)]: a step's gates before their nonlinearities,
+    c [B, units] -> (h [B, units], (c, h)) after the step."""
+    padding = gates.shape[1] - 4 * self.units
+    sizes = [self.units] * 4 + ([padding] if padding else [])
+    i, g, f, o = tf.split(gates, sizes, axis=1)[:4]
+    c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
+    h = tf.sigmoid(o) * tf.tanh(c)
+    return h, (c, h)
 
   def step(self, state, inputs, differentiable=True):
     """state (c, h), inputs: list of [B, k_i] (sum k_i = input_size, in kernel row order)
@@ -138,13 +159,7 @@ class LSTMCell(_Layer):
     c, h = state
     if not differentiable:
       kernel, bias = self._step_weights
-      gates = tf.matmul(_concat(list(inputs) + [h]), kernel) + bias
-      padding = kernel.shape[1] - 4 * self.units
-      sizes = [self.units] * 4 + ([padding] if padding else [])
-      i, g, f, o = tf.split(gates, sizes, axis=1)[:4]
-      c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
-      h = tf.sigmoid(o) * tf.tanh(c)
-      return h, (c, h)
+      return self._update(tf.matmul(_concat(list(inputs) + [h]), kernel) + bias, c)
     cell = tf.raw_ops.LSTMBlockCell(
         x=_concat(inputs), cs_prev=c, h_prev=h, w=self.kernel, wci=self._no_peephole,
         wcf=self._no_peephole, wco=self._no_peephole, b=self.bias, forget_bias=0.0,

@@ -84,18 +84,26 @@ class Seq2SeqModel:
         # the few rows of a decoding step. Training transposes once per run; decoding
         # keeps the transpose in a local variable that `refresh_caches` fills
         # once after a restore (a per-run transpose would copy V x H floats per step),
-        # and so the decoder cells' step weights (see LSTMCell.cache_step_weights).
+        # and so every cell's step weights (see LSTMCell.cache_step_weights).
         transposed = tf.transpose(self.output_weights)
         if decoding_caches:
           self.output_kernel, fill = _local_copy("output_kernel_cache", transposed)
           fills = [fill]
-          for layer, cell in enumerate(self.decoder_cells):
+          for prefix, cell in self._named_cells():
             fills += cell.cache_step_weights(
-                lambda name, value, layer=layer: _local_copy(f"layer_{layer}_{name}", value))
+                lambda name, value, prefix=prefix: _local_copy(f"{prefix}_{name}", value))
           self.refresh_caches = tf.group(fills)
         else:
           self.output_kernel = transposed
           transposed_kernel(transposed, known=self.output_weights)
+
+  def _named_cells(self):
+    """[(a name unique in the model, cell)] for every layer of the encoder and decoder."""
+    first = ["layer_0_fw", "layer_0_bw"] if self.hp.bidirectional_encoder else ["layer_0"]
+    rest = [f"layer_{l}" for l in range(1, self.hp.num_layers)]
+    return ([(f"encoder_{name}", cell) for name, cell in
+             zip(first + rest, list(self.encoder_first) + self.encoder_rest)] +
+            [(f"decoder_layer_{l}", cell) for l, cell in enumerate(self.decoder_cells)])
 
   def with_own_reads(self):
     """A model over the same variables whose weight tensors are reads of its own.
@@ -121,21 +129,21 @@ class Seq2SeqModel:
     """encoder_inputs [B, I] int32 (I static when training), source_lengths [B] int32 ->
     EncoderOutput."""
     hp = self.hp
+    if not training:
+      # Decoding batches are sorted by length: the positions past the longest source
+      # are padding, which need neither encoding nor attention.
+      encoder_inputs = encoder_inputs[:, :tf.reduce_max(source_lengths)]
     steps = encoder_inputs.shape[1] or tf.shape(encoder_inputs)[1]
     if hp.reverse_source:
       encoder_inputs = tf.reverse_sequence(encoder_inputs, source_lengths, seq_axis=1, batch_axis=0)
     x = tf.nn.embedding_lookup(self.source_embedding, tf.transpose(encoder_inputs))
     x = self._dropout(x, training)  # [I, B, E]
     last = tf.stack([tf.maximum(source_lengths - 1, 0), tf.range(tf.shape(x)[1])], axis=1)
-    # Decoding batches are sorted by length: the steps past the longest source are
-    # padding that attention masks, so they need not run.
-    used_steps = None if training else tf.cast(tf.reduce_max(source_lengths), tf.int64)
 
     def run(cell, inputs, backward=False):
       if backward:
         inputs = tf.reverse_sequence(inputs, source_lengths, seq_axis=0, batch_axis=1)
-      outputs, states = cell.sequence(inputs, cell.zero_state(tf.shape(inputs)[1]), training,
-                                      used_steps)
+      outputs, states = cell.sequence(inputs, cell.zero_state(tf.shape(inputs)[1]), training)
       final = tuple(tf.gather_nd(s, last) for s in states)
       if backward:
         outputs = tf.reverse_sequence(outputs, source_lengths, seq_axis=0, batch_axis=1)

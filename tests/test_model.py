@@ -272,7 +272,8 @@ def test_greedy_graph_equals_step_by_step_decoding(tmp_path, eos_bias):
 @pytest.mark.parametrize("overrides", [{}, {"reverse_source": True}])
 def test_decoding_encoder_stops_at_the_longest_source(overrides):
   """When not training, the encoder runs only as many steps as the batch's longest
-  source: its memory at real positions and its final states equal a full run's."""
+  source (in a loop of matmuls rather than BlockLSTM): its memory, keys and mask cover
+  those positions, equal a full run's at real positions, and so do its final states."""
   hp = tiny(**overrides)
   tg = graphs.build_training_graph(hp)
   session = session_for(tg)
@@ -287,14 +288,16 @@ def test_decoding_encoder_stops_at_the_longest_source(overrides):
   assert longest < bucket[0]
   values = session.run([full, trimmed], {inputs: batch.encoder_inputs,
                                          lengths: batch.source_lengths})
-  real = np.arange(bucket[0])[None, :] < batch.source_lengths[:, None]  # [B, I]
   full_value, trimmed_value = values
-  np.testing.assert_allclose(trimmed_value.memory[real], full_value.memory[real], atol=1e-6)
-  np.testing.assert_allclose(trimmed_value.keys[real], full_value.keys[real], atol=1e-6)
+  assert trimmed_value.memory.shape[1] == trimmed_value.mask_bias.shape[1] == longest
+  real = np.arange(longest)[None, :] < batch.source_lengths[:, None]  # [B, longest]
+  np.testing.assert_array_equal(trimmed_value.mask_bias, full_value.mask_bias[:, :longest])
+  for name in ("memory", "keys"):
+    np.testing.assert_allclose(getattr(trimmed_value, name)[real],
+                               getattr(full_value, name)[:, :longest][real], atol=1e-6)
   for trimmed_state, full_state in zip(tf.nest.flatten(trimmed_value.states),
                                        tf.nest.flatten(full_value.states)):
     np.testing.assert_allclose(trimmed_state, full_state, atol=1e-6)
-  np.testing.assert_array_equal(trimmed_value.memory[:, longest:], 0)  # the steps not run
 
 
 def test_gru_sequence_of_any_length_equals_the_unrolled_one():
@@ -316,23 +319,27 @@ def test_gru_sequence_of_any_length_equals_the_unrolled_one():
 
 
 @pytest.mark.parametrize("units", [128, 20])
-def test_lstm_decoding_step_on_padded_weights_equals_the_unpadded_step(units):
+def test_lstm_decoding_step_and_sequence_on_padded_weights_equal_training_ones(units):
   """cache_step_weights pads a 512-multiple gate width (4 x 128) with zero columns and
-  leaves others as they are; the step's outputs do not change."""
+  leaves others as they are; neither the decoding step nor the decoding sequence (a
+  loop of matmuls) differs from the step and BlockLSTM sequence training uses."""
   graph = tf.Graph()
   with graph.as_default():
     with tf1.variable_scope("cell", initializer=tf1.random_uniform_initializer(-0.5, 0.5, seed=3)):
       cell = cells.make_cell("lstm", 8, units, "lstm")
     state = (tf.random.uniform([3, units], seed=1), tf.random.uniform([3, units], seed=2))
     inputs = [tf.random.uniform([3, 8], seed=4)]
-    plain = cell.step(state, inputs, differentiable=False)
+    sequence = tf.random.uniform([5, 3, 8], -1.0, 1.0, seed=5)
+    training = cell.step(state, inputs), cell.sequence(sequence, state)
     fills = cell.cache_step_weights(lambda name, value: (value, tf.no_op()))
-    padded = cell.step(state, inputs, differentiable=False)
+    decoding = (cell.step(state, inputs, differentiable=False),
+                cell.sequence(sequence, state, differentiable=False))
     widths = [w.shape[-1] for w in cell._step_weights]  # pylint: disable=protected-access
     with tf1.Session() as session:
       session.run(tf1.global_variables_initializer())
-      before, after = session.run([plain, padded])
+      expected, got = session.run([training, decoding])
   assert len(fills) == (2 if units == 128 else 0)
   assert widths == ([4 * units + cells.STEP_PAD] * 2 if units == 128 else [4 * units] * 2)
-  np.testing.assert_allclose(after[0], before[0], rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(after[1][0], before[1][0], rtol=1e-5, atol=1e-6)
+  for a, b in zip(tf.nest.flatten(got), tf.nest.flatten(expected)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  assert np.abs(expected[1][0]).max() > 0.1
