@@ -38,6 +38,7 @@ class _Layer:
   """A kernel [input_size + units, gates * units] and a bias, created under `name`."""
 
   gates = None
+  _embedding_gates = None
 
   def __init__(self, input_size, units, name, bias_init=None):
     """bias_init: the bias's initial values (a list), zeros if None. (Initializers, not
@@ -54,11 +55,16 @@ class _Layer:
   def step(self, state, inputs, differentiable=True):
     raise NotImplementedError
 
-  def cache_step_weights(self, cache):
+  def cache_step_weights(self, cache, embedding=None):
     """For decoding graphs: cache(name, value) -> (read, fill op) holds weights that the
     non-differentiable `step` uses; returns the fill ops. This layer keeps none."""
-    del cache
+    del cache, embedding
     return []
+
+  @property
+  def takes_ids(self):
+    """Whether decoding steps take piece ids as their first input (see LSTMCell)."""
+    return self._embedding_gates is not None
 
   def sequence(self, x, state, differentiable=True):
     """x [T, B, in] -> (outputs [T, B, units], states: tuple of [T, B, units]).
@@ -93,16 +99,31 @@ class LSTMCell(_Layer):
     self._no_peephole = tf.zeros([units])
     self._step_weights = (self.kernel, self.bias)
 
-  def cache_step_weights(self, cache):
+  def cache_step_weights(self, cache, embedding=None):
     """Decoding steps then multiply by cached copies of the kernel and bias padded with
     zero columns to a count that is not a multiple of 512 (`STEP_PAD`): on one thread
     TensorFlow's MatMul ran [128, 768] x [768, 1024] at ~35 GFLOP/s and x [768, 1040]
-    at ~66-84 here. The padded gates are computed and ignored."""
+    at ~66-84 here. The padded gates are computed and ignored.
+
+    embedding: None, or [V, E] when the layer's first input is a row of it (the
+    decoder's first layer). Its steps then take piece ids [B] int32 for that input
+    (see `step`) and gather their share of the gates, embedding @ kernel[:E] + bias,
+    cached for every piece [V, gates], instead of multiplying [B, E] x [E, gates].
+    """
     columns = self.gates * self.units
-    if columns % 512:
+    pad = [[0, 0 if columns % 512 else STEP_PAD]]
+    kernel, bias = tf.pad(self.kernel, [[0, 0]] + pad), tf.pad(self.bias, pad)
+    if embedding is not None:
+      gates, fill_gates = cache("embedding_gates",
+                                tf.matmul(embedding, kernel[:embedding.shape[1]]) + bias)
+      kernel, fill_kernel = cache("step_kernel", kernel[embedding.shape[1]:])
+      self._embedding_gates = gates
+      self._step_weights = (kernel, None)
+      return [fill_gates, fill_kernel]
+    if not pad[0][1]:
       return []
-    kernel, fill_kernel = cache("step_kernel", tf.pad(self.kernel, [[0, 0], [0, STEP_PAD]]))
-    bias, fill_bias = cache("step_bias", tf.pad(self.bias, [[0, STEP_PAD]]))
+    kernel, fill_kernel = cache("step_kernel", kernel)
+    bias, fill_bias = cache("step_bias", bias)
     self._step_weights = (kernel, bias)
     return [fill_kernel, fill_bias]
 
@@ -155,10 +176,15 @@ class LSTMCell(_Layer):
     with the IdentityN that carries its gradient. Otherwise (decoding) the same
     step from a matmul and elementwise ops: XLA-compiled loops need them, and in
     TensorFlow's loops they run as fast as LSTMBlockCell (same process,
-    alternating passes on the recipe model: greedy 0.99x, beam 5 1.07x)."""
+    alternating passes on the recipe model: greedy 0.99x, beam 5 1.07x). After
+    cache_step_weights with an embedding, inputs[0] is piece ids [B] int32."""
     c, h = state
     if not differentiable:
       kernel, bias = self._step_weights
+      if self._embedding_gates is not None:
+        ids, inputs = inputs[0], inputs[1:]
+        return self._update(tf.gather(self._embedding_gates, ids) +
+                            tf.matmul(_concat(list(inputs) + [h]), kernel), c)
       return self._update(tf.matmul(_concat(list(inputs) + [h]), kernel) + bias, c)
     cell = tf.raw_ops.LSTMBlockCell(
         x=_concat(inputs), cs_prev=c, h_prev=h, w=self.kernel, wci=self._no_peephole,

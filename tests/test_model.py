@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from seq2seq_buckets import cells, graphs
+from seq2seq_buckets import cells, graphs, model
 from seq2seq_buckets.gradients import gradients
 from seq2seq_buckets.batches import pad_batch
 from seq2seq_buckets.hparams import HParams
@@ -193,9 +193,8 @@ def step_by_step(ig, session, batch, bucket):
                                    encoded.states)
     tokens = tf1.placeholder(tf.int32, [None])
     output = tf1.placeholder(tf.float32, [None, size])
-    new_output, new_states = model.decoder_step(model.embed_target(tokens[None])[0], output,
-                                                states, encoded)
-    log_probs = tf.nn.log_softmax(model.logits(new_output))
+    logits, new_output, new_states = model.next_logits(tokens, output, states, encoded)
+    log_probs = tf.nn.log_softmax(logits)
     initial_output = model.initial_output(encoded)
   encoder_feed = {inputs: batch.encoder_inputs, lengths: batch.source_lengths}
   state_values, output_value = session.run([encoded.states, initial_output], encoder_feed)
@@ -318,6 +317,22 @@ def test_gru_sequence_of_any_length_equals_the_unrolled_one():
   assert np.abs(expected[0]).max() > 0.1
 
 
+@pytest.mark.parametrize("vocab", [8000, 30])
+def test_row_argmax_is_tf_argmax(vocab):
+  """The greedy decoder's blockwise argmax (V a multiple of the block) and its fallback
+  pick each row's first maximum, as tf.argmax, ties across and within blocks included."""
+  rng = np.random.default_rng(7)
+  logits = rng.integers(-50, 3, size=[40, vocab]).astype(np.float32)  # many ties at 2
+  logits[0] = 0.0  # all equal
+  logits[1, [5, vocab - 1]] = 9.0  # a tie across blocks
+  assert (logits == logits.max(1, keepdims=True)).sum(1).max() > 1
+  with tf1.Session(graph=tf.Graph()) as session:
+    got, expected = session.run([model.row_argmax(tf.constant(logits)),
+                                 tf.argmax(logits, axis=1, output_type=tf.int32)])
+  np.testing.assert_array_equal(got, expected)
+  np.testing.assert_array_equal(got, logits.argmax(1))
+
+
 @pytest.mark.parametrize("units", [128, 20])
 def test_lstm_decoding_step_and_sequence_on_padded_weights_equal_training_ones(units):
   """cache_step_weights pads a 512-multiple gate width (4 x 128) with zero columns and
@@ -343,3 +358,34 @@ def test_lstm_decoding_step_and_sequence_on_padded_weights_equal_training_ones(u
   for a, b in zip(tf.nest.flatten(got), tf.nest.flatten(expected)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
   assert np.abs(expected[1][0]).max() > 0.1
+
+
+@pytest.mark.parametrize("units", [128, 20])
+def test_lstm_decoding_step_from_piece_ids_equals_the_step_from_their_embeddings(units):
+  """Given the embedding its first input comes from (the decoder's first layer), the
+  decoding step takes piece ids and gathers their cached share of the gates: same
+  output as the training step on their embeddings."""
+  graph = tf.Graph()
+  with graph.as_default():
+    with tf1.variable_scope("cell", initializer=tf1.random_uniform_initializer(-0.5, 0.5, seed=3)):
+      cell = cells.make_cell("lstm", 8 + 6, units, "lstm")
+    # a constant: the fill and the step must see the same embedding
+    embedding = tf.constant(np.random.default_rng(6).uniform(-1, 1, [11, 8]), tf.float32)
+    ids = tf.constant([3, 0, 10])
+    state = (tf.random.uniform([3, units], seed=1), tf.random.uniform([3, units], seed=2))
+    other = tf.random.uniform([3, 6], seed=4)
+    expected = cell.step(state, [tf.gather(embedding, ids), other])
+    caches = []
+    def cache(name, value):
+      caches.append(tf1.get_variable(name, value.shape, trainable=False))
+      return caches[-1].value(), caches[-1].assign(value).op
+    fills = cell.cache_step_weights(cache, embedding)
+    got = cell.step(state, [ids, other], differentiable=False)
+    with tf1.Session() as session:
+      session.run(tf1.global_variables_initializer())
+      session.run(fills)
+      got, expected = session.run([got, expected])
+  assert cell.takes_ids
+  for a, b in zip(tf.nest.flatten(got), tf.nest.flatten(expected)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  assert np.abs(expected[0]).max() > 0.1
