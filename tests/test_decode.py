@@ -93,6 +93,23 @@ class EchoSession:
     return ids, np.repeat(kept[:, None], n_best, axis=1), np.zeros([len(inputs), n_best])
 
 
+def test_longest_batches_run_first():
+  """Batches start in decreasing sentences x longest source (the row-steps they run),
+  whatever their bucket, so that no core is left with a long batch at the end."""
+  ops = OpsStub()
+  session = EchoSession(ops, seed=0)
+  work, run = [], session.run
+
+  def recording(fetch, feed):
+    work.append(len(feed[ops.source_lengths]) * feed[ops.source_lengths].max())
+    return run(fetch, feed)
+
+  session.run = recording
+  decoding.greedy_ids(session, ops, BUCKETS, random_sources(random.Random(3), 60), 4)
+  assert work == sorted(work, reverse=True)
+  assert len(set(work)) > 3
+
+
 @pytest.mark.parametrize("workers", [1, 3])
 @pytest.mark.parametrize("beam", [False, True])
 @pytest.mark.parametrize("seed", range(20))

@@ -32,6 +32,7 @@ def load_translator():
   start = time.perf_counter()
   _translator_lib().one_thread_per_op()
   translator = _translator_lib().Translator(FLAGS.train_dir, FLAGS.checkpoint)
+  _translator_lib().freeze_loaded_objects()
   common.log(f"loaded {translator.checkpoint} in {time.perf_counter() - start:.1f}s")
   return translator
 
