@@ -61,10 +61,12 @@ TEST_SET = "test_2016_flickr"
 # Settings of the two modes; every value can be overridden by a flag.
 MODES = {
     # steps 0: no separate trainer run; decoding uses the model of the speed run
+    # decode_reps: batched decoding (ours and OpenNMT-py's) runs this many times; the
+    # median counts (single runs of ~1-10 s moved by 20-30% on this shared machine)
     "quick": dict(steps=0, speed_steps=5, speed_reps=2, warmup_steps=1, test_lines=50,
-                  interactive_lines=10, matmul_size=2048, matmul_reps=3),
+                  interactive_lines=10, matmul_size=2048, matmul_reps=3, decode_reps=1),
     "full": dict(steps=4000, speed_steps=60, speed_reps=5, warmup_steps=5, test_lines=0,
-                 interactive_lines=200, matmul_size=4096, matmul_reps=5),
+                 interactive_lines=200, matmul_size=4096, matmul_reps=5, decode_reps=3),
 }
 
 # Targets from the issues (name -> (comparison, value)); shown in the table, not enforced.
@@ -607,10 +609,14 @@ def worker_decode(a):
     start = time.perf_counter()
     model.warm_up(beam_size=beam)  # first run of each bucket's graphs, paid once per process
     out[f"decode_{name}_first_run_s"] = time.perf_counter() - start
-    start = time.perf_counter()
-    hyps = texts(sources, beam, a["batch_size"])
-    seconds = time.perf_counter() - start
+    runs = []
+    for _ in range(a["reps"]):
+      start = time.perf_counter()
+      hyps = texts(sources, beam, a["batch_size"])
+      runs.append(time.perf_counter() - start)
+    seconds = median(runs)
     out[f"decode_{name}_sent_per_s"] = len(sources) / seconds
+    out[f"decode_{name}_sent_per_s_runs"] = [len(sources) / t for t in runs]
     out[f"bleu_{name}"] = sacrebleu.corpus_bleu(hyps, [refs]).score
     output_lens = [len(p) for p in model.target_spm.encode(hyps)]
     out[f"decode_{name}_mean_output_pieces"] = sum(output_lens) / max(len(hyps), 1)
@@ -829,18 +835,21 @@ def run_peer(args, settings, hp, buckets, data_dir, paths, work, ours):
   tgt_spm = spm.SentencePieceProcessor(model_file=tgt_model)
 
   def translate(name, beam, batch_size, suffix):
-    """Runs onmt_translate; sets peer_decode_{name}_sent_per_s{suffix}; returns its output."""
+    """Runs onmt_translate decode_reps times; sets peer_decode_{name}_sent_per_s{suffix}
+    (the median run); returns its output."""
     hyp_path = os.path.join(peer_dir, f"test.{name}{suffix}.pieces")
-    text, wall, rss = onmt("onmt_translate", [
-        "-model", checkpoint, "-src", os.path.join(peer_dir, "test.src"), "-output", hyp_path,
-        "-beam_size", str(beam), "-batch_size", str(batch_size),
-        "-batch_type", "sents", "-gpu", "-1", "-report_time", "-max_length",
-        str(max(b[1] for b in buckets))], f"translate.{name}{suffix}.log")
-    found = PEER_AVG_MS.search(text)  # its translation loop, model loading excluded
-    out[f"peer_decode_{name}_sent_per_s{suffix}"] = 1000.0 / float(found.group(1)) if found \
-        else lines / wall
-    out[f"peer_decode_{name}_wall_s{suffix}"] = wall
-    out["peer_decode_peak_rss_mb"] = max(out.get("peer_decode_peak_rss_mb", 0), rss)
+    rates = []
+    for rep in range(settings["decode_reps"]):
+      text, wall, rss = onmt("onmt_translate", [
+          "-model", checkpoint, "-src", os.path.join(peer_dir, "test.src"), "-output", hyp_path,
+          "-beam_size", str(beam), "-batch_size", str(batch_size),
+          "-batch_type", "sents", "-gpu", "-1", "-report_time", "-max_length",
+          str(max(b[1] for b in buckets))], f"translate.{name}{suffix}.{rep}.log")
+      found = PEER_AVG_MS.search(text)  # its translation loop, model loading excluded
+      rates.append(1000.0 / float(found.group(1)) if found else lines / wall)
+      out["peer_decode_peak_rss_mb"] = max(out.get("peer_decode_peak_rss_mb", 0), rss)
+    out[f"peer_decode_{name}_sent_per_s{suffix}"] = median(rates)
+    out[f"peer_decode_{name}_sent_per_s{suffix}_runs"] = rates
     return hyp_path
 
   for name, beam in (("greedy", 1), ("beam", settings["beam"])):
@@ -1013,7 +1022,8 @@ def main(argv=None):
     decoded, rss = run_worker("decode", {
         "train_dir": model_dir, "src": paths["test_src"], "ref": paths["test_tgt"],
         "lines": settings["test_lines"], "interactive_lines": settings["interactive_lines"],
-        "batch_size": settings["batch_size"], "beam": settings["beam"]}, work)
+        "batch_size": settings["batch_size"], "beam": settings["beam"],
+        "reps": settings["decode_reps"]}, work)
     results.update(decoded)
     results["decode_peak_rss_mb"] = rss
     # decoding's peak: the better of one matmul on every core and one per core side by side
