@@ -179,8 +179,8 @@ class Seq2SeqModel:
 
     embedded [B, E]: this step's input token embedding (its piece ids [B] int32 when
     the first decoder layer takes ids, see LSTMCell.cache_step_weights);
-    previous_output [B, H] (the previous attentional output, zeros at the start); states: one tuple
-    per layer; dropout_masks: None, or a list of `layers` [B, H] masks: one per
+    previous_output [B, H]: the previous attentional output, zeros at the start;
+    states: one tuple per layer; dropout_masks: None, or a list of `layers` [B, H] masks: one per
     layer above the first, the last for the output; training: True when built for
     the loss (differentiable; see LSTMCell.step) -> (attentional output [B, H], new
     states).
