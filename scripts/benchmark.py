@@ -107,6 +107,11 @@ def memory_gib():
   return None
 
 
+def _hparam_getter(hp):
+  """hp (a dict, or an object with the hparams as attributes) -> get(name, default=None)."""
+  return hp.get if isinstance(hp, dict) else lambda name, default=None: getattr(hp, name, default)
+
+
 def forward_flops(hp, source_len, target_len, projected_len=None):
   """Matmul FLOPs (2 per multiply-add) of one forward pass over one sentence pair.
 
@@ -118,7 +123,7 @@ def forward_flops(hp, source_len, target_len, projected_len=None):
   layer, the attention (keys, query, scores, context, attentional output) and
   the output projection; embeddings, softmax and elementwise work are not counted.
   """
-  get = hp.get if isinstance(hp, dict) else lambda k, d=None: getattr(hp, k, d)
+  get = _hparam_getter(hp)
   h, e, layers = get("size"), get("embedding_size"), get("num_layers")
   v = get("tgt_vocab_size")
   gates = 4 if get("cell", "lstm") == "lstm" else 3
@@ -148,7 +153,7 @@ def decoding_flops(hp, source_len, output_len, beam=1):
   the gates decoding gathers (LSTMCell.cache_step_weights). A lower bound for beam
   search, which may search on after its best hypothesis has ended; greedy decoding
   runs exactly these steps."""
-  get = hp.get if isinstance(hp, dict) else lambda k, d=None: getattr(hp, k, d)
+  get = _hparam_getter(hp)
   steps = beam * (output_len + 1)
   gathered = 0
   if get("cell", "lstm") == "lstm":
