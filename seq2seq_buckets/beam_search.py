@@ -1,9 +1,12 @@
 """Beam search as one tf.while_loop: the whole search of a batch in one session.run.
 
 Shapes: n sentences, m of them still searching (the loop drops finished ones), k
-beam size, N = m * k decoder rows (row = sentence slot * k + beam), V target
-vocabulary, T = the most output pieces of any sentence (max of `limits`), t the
-step (pieces chosen so far).
+beam size, b beams per sentence (1 at the first step, k after it), N = m * b decoder
+rows (row = sentence slot * b + beam), V target vocabulary, T = the most output
+pieces of any sentence (max of `limits`), t the step (pieces chosen so far).
+
+The first step extends the one empty hypothesis of each sentence, so it runs n
+rows rather than n * k copies of the same row.
 
 Each step extends every live beam and ranks a sentence's 2k best candidates.
 Those that end (EOS, or the sentence's limit reached) and rank above the k-th
@@ -62,6 +65,7 @@ def search(step, carried, fixed, limits, beam_size, n_best, alpha, most=None):
   columns = tf.range(total_steps)  # [T]
 
   def body(t, tokens, carried, fixed, live, finished, active, limits, found):
+    beams = tf.shape(live.scores)[1]  # b
     logits, carried = step(tokens, carried, fixed)
     cand_scores, parent, token = _best_extensions(live.scores, logits, k)
     is_eos = tf.equal(token, EOS_ID)
@@ -77,18 +81,19 @@ def search(step, carried, fixed, limits, beam_size, n_best, alpha, most=None):
     # finished scores are sorted: the smallest is the n_best-th
     stay = (tf.reduce_min(finished.scores, graph_constant(1)) < reachable) & (t + 1 < limits)
     if most is not None:
-      rows = tf.reshape(_expand(tf.range(n) * k, 1) + parent, graph_constant((-1,)))
+      rows = tf.reshape(_expand(tf.range(n) * beams, 1) + parent, graph_constant((-1,)))
       live = Live(live.ids, tf.where(_expand(stay, 1), live.scores, NEG_INF))
       return (t + 1, tf.reshape(token, graph_constant((-1,))),
               tf.nest.map_structure(lambda x: _take(x, rows), carried), fixed, live, finished,
               active, limits, found)
     found = _write(found, ~stay, active, finished)
     slots = tf.cast(tf.reshape(tf.where(stay), graph_constant((-1,))), tf.int32)
-    first_row = _expand(slots * k, 1)
+    first_row = _expand(slots * beams, 1)
     rows = tf.reshape(first_row + _take(parent, slots), graph_constant((-1,)))
     carried = tf.nest.map_structure(lambda x: _take(x, rows), carried)
-    fixed_rows = tf.reshape(first_row + tf.range(k), graph_constant((-1,)))  # alike rows
-    fixed = tf.cond(tf.reduce_all(stay), lambda: fixed,
+    # a sentence's b fixed rows are alike: k copies of its first
+    fixed_rows = tf.reshape(first_row + tf.zeros([k], tf.int32), graph_constant((-1,)))
+    fixed = tf.cond(tf.reduce_all(stay) & tf.equal(beams, k), lambda: fixed,
                     lambda: tf.nest.map_structure(lambda x: _take(x, fixed_rows), fixed))
     keep = lambda x: _take(x, slots)
     return (t + 1, tf.reshape(keep(token), graph_constant((-1,))), carried, fixed,
@@ -100,14 +105,18 @@ def search(step, carried, fixed, limits, beam_size, n_best, alpha, most=None):
       return tf.reduce_any(tf.math.is_finite(live.scores))
     return tf.size(tokens) > 0
 
-  first_beam_only = tf.concat([[0.0], tf.fill([k - 1], NEG_INF)], 0)
-  live = Live(tf.fill([n, k, total_steps], EOS_ID), tf.tile([first_beam_only], [n, 1]))
   found = Found(tf.fill([n, n_best, total_steps], EOS_ID), tf.zeros([n, n_best], tf.int32),
                 tf.fill([n, n_best], NEG_INF))
-  tile = lambda x: _take(x, tf.range(n * k) // k)  # [n, ...] -> [n * k, ...]
+  if most is None:  # one empty hypothesis per sentence
+    live = Live(tf.fill([n, 1, total_steps], EOS_ID), tf.zeros([n, 1]))
+  else:  # XLA keeps shapes: k beams from the start, all but the first without score
+    first_beam_only = tf.concat([[0.0], tf.fill([k - 1], NEG_INF)], 0)
+    live = Live(tf.fill([n, k, total_steps], EOS_ID), tf.tile([first_beam_only], [n, 1]))
+    tile = lambda x: _take(x, tf.range(n * k) // k)  # [n, ...] -> [n * k, ...]
+    carried, fixed = (tf.nest.map_structure(tile, part) for part in (carried, fixed))
   # `finished` starts as `found` does: no hypothesis yet
-  start = (tf.constant(0), tf.fill([n * k], GO_ID), tf.nest.map_structure(tile, carried),
-           tf.nest.map_structure(tile, fixed), live, found, tf.range(n), limits, found)
+  start = (tf.constant(0), tf.fill([tf.size(live.scores)], GO_ID), carried, fixed, live, found,
+           tf.range(n), limits, found)
   any_rows = lambda x: tf.TensorShape([None]).concatenate(x.shape[1:])
   any_shape = lambda x: tf.TensorShape([None] * x.shape.rank)
   invariants = (tf.TensorShape([]), tf.TensorShape([None]),
@@ -122,16 +131,17 @@ def search(step, carried, fixed, limits, beam_size, n_best, alpha, most=None):
 def _best_extensions(scores, logits, k):
   """The 2k best one-piece extensions of each sentence's beams, best first.
 
-  scores [m, k] float32 (live beam scores, -inf for none); logits [m * k, V] ->
-  (scores, parent beam, piece), each [m, C], C = min(2k, k * min(2k, V)). A
+  scores [m, b] float32 (live beam scores, -inf for none); logits [m * b, V] ->
+  (scores, parent beam, piece), each [m, C], C = min(2k, b * min(2k, V)). A
   sentence's 2k best extensions are among its beams' 2k best each.
   """
+  beams = tf.shape(scores)[1]
   per_row = tf.minimum(2 * k, logits.shape[1])
-  row_scores, row_pieces = _top_pieces(tf.nn.log_softmax(logits), per_row)  # [m * k, c]
-  total = _expand(scores, 2) + tf.reshape(row_scores, tf.stack([-1, k, per_row]))
-  by_sentence = tf.stack([-1, k * per_row])
+  row_scores, row_pieces = _top_pieces(tf.nn.log_softmax(logits), per_row)  # [m * b, c]
+  total = _expand(scores, 2) + tf.reshape(row_scores, tf.stack([-1, beams, per_row]))
+  by_sentence = tf.stack([-1, beams * per_row])
   cand_scores, position = tf.math.top_k(tf.reshape(total, by_sentence),
-                                        tf.minimum(2 * k, k * per_row))
+                                        tf.minimum(2 * k, beams * per_row))
   piece = _take_each(tf.reshape(row_pieces, by_sentence), position)
   return cand_scores, position // per_row, piece
 
@@ -161,12 +171,14 @@ def _top_pieces(log_probs, count):
 def _first_live(keep, cand_scores, parent, token, paths, k):
   """The first k candidates with `keep` set, per sentence (keep, cand_scores, parent,
   token [m, C]; paths [m, C, T]) -> (Live beams [m, k] (score -inf where fewer than k
-  are kept), their parents and last pieces [m, k])."""
+  are kept), their parents and last pieces [m, k]). C < k only at the first step with
+  a vocabulary of fewer than k pieces."""
   count = tf.shape(keep)[1]
   position = tf.range(count)
-  _, pick = tf.math.top_k(tf.where(keep, -position, -position - count), k)
+  _, pick = tf.math.top_k(tf.where(keep, -position, -position - count), tf.minimum(k, count))
+  pick = tf.pad(pick, [[0, 0], [0, k - tf.shape(pick)[1]]])  # C < k: candidate 0, not kept
   take = lambda x: _take_each(x, pick)
-  scores = tf.where(take(keep), take(cand_scores), NEG_INF)
+  scores = tf.where(take(keep) & (tf.range(k) < count), take(cand_scores), NEG_INF)
   return Live(take(paths), scores), take(parent), take(token)
 
 

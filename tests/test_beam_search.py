@@ -178,7 +178,8 @@ def test_finished_sentences_leave_the_loop():
   found, rows = model.search([0, 1], [8, 8], beam_size=3, n_best=1, alpha=0.0)
   assert [f[0][0] for f in found] == [[], [4, 4]]
   _, rows_alone = model.search([1], [8], beam_size=3, n_best=1, alpha=0.0)
-  assert rows_alone == 3 * 3 and rows == rows_alone + 3
+  # the first step runs one row per sentence, later steps one per beam
+  assert rows_alone == 1 + 2 * 3 and rows == rows_alone + 1
   # with fixed shapes both stay in the loop to the end, with the same results
   fixed, rows = model.search([0, 1], [8, 8], beam_size=3, n_best=1, alpha=0.0, most=8)
   assert fixed == found and rows == 2 * 3 * 3
