@@ -105,10 +105,11 @@ class LSTMCell(_Layer):
     TensorFlow's MatMul ran [128, 768] x [768, 1024] at ~35 GFLOP/s and x [768, 1040]
     at ~66-84 here. The padded gates are computed and ignored.
 
-    embedding: None, or [V, E] when the layer's first input is a row of it (the
-    decoder's first layer). Its steps then take piece ids [B] int32 for that input
-    (see `step`) and gather their share of the gates, embedding @ kernel[:E] + bias,
-    cached for every piece [V, gates], instead of multiplying [B, E] x [E, gates].
+    embedding: None, or [V, E] when the layer's first input is a row of it (the first
+    layer of the decoder and of the encoder). Its steps then take piece ids [B] int32
+    for that input (see `step` and `sequence`) and gather their share of the gates,
+    embedding @ kernel[:E] + bias, cached for every piece [V, gates], instead of
+    multiplying [B, E] x [E, gates].
     """
     columns = self.gates * self.units
     pad = [[0, 0 if columns % 512 else STEP_PAD]]
@@ -137,18 +138,23 @@ class LSTMCell(_Layer):
     differentiable (training): one fused BlockLSTM op for all T steps (same gate
     order and weights as `step`), whose gradient gradients.py supplies. Otherwise
     (encoding to decode) the inputs' share of every step's gates is one matmul
-    [T * B, in] x [in, gates] and a while loop adds the recurrent share step by step,
-    on the step weights (see cache_step_weights): BlockLSTM's own multiply ran the
-    recipe model's encoder at <= 46 GFLOP/s on one thread, MatMul runs these shapes
-    at ~70.
+    [T * B, in] x [in, gates] (or, when the layer takes ids, x is piece ids [T, B]
+    int32 and a gather from the cached table, see cache_step_weights) and a while
+    loop adds the recurrent share step by step, on the step weights: BlockLSTM's own
+    multiply ran the recipe model's encoder at <= 46 GFLOP/s on one thread, MatMul
+    runs these shapes at ~70.
     """
     c, h = state
     if not differentiable:
       kernel, bias = self._step_weights
-      input_rows, recurrent_rows = tf.split(kernel, [self.input_size, self.units])
-      shape = tf.shape(x)
-      projected = tf.reshape(tf.matmul(tf.reshape(x, [-1, self.input_size]), input_rows) + bias,
-                             [shape[0], shape[1], kernel.shape[1]])
+      if self.takes_ids:
+        projected, recurrent_rows = tf.gather(self._embedding_gates, x), kernel
+      else:
+        input_rows, recurrent_rows = tf.split(kernel, [self.input_size, self.units])
+        shape = tf.shape(x)
+        projected = tf.reshape(
+            tf.matmul(tf.reshape(x, [-1, self.input_size]), input_rows) + bias,
+            [shape[0], shape[1], kernel.shape[1]])
       step = lambda state, gates: self._update(gates + tf.matmul(state[1], recurrent_rows),
                                                state[0])[1]
       c, h = tf.scan(step, projected, initializer=(c, h))

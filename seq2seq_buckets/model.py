@@ -92,7 +92,8 @@ class Seq2SeqModel:
           self.output_kernel, fill = _local_copy("output_kernel_cache", transposed)
           fills = [fill]
           for prefix, cell in self._named_cells():
-            embedding = self.target_embedding if cell is self.decoder_cells[0] else None
+            embedding = (self.target_embedding if cell is self.decoder_cells[0] else
+                         self.source_embedding if cell in self.encoder_first else None)
             fills += cell.cache_step_weights(
                 lambda name, value, prefix=prefix: _local_copy(f"{prefix}_{name}", value),
                 embedding)
@@ -140,8 +141,9 @@ class Seq2SeqModel:
     steps = encoder_inputs.shape[1] or tf.shape(encoder_inputs)[1]
     if hp.reverse_source:
       encoder_inputs = tf.reverse_sequence(encoder_inputs, source_lengths, seq_axis=1, batch_axis=0)
-    x = tf.nn.embedding_lookup(self.source_embedding, tf.transpose(encoder_inputs))
-    x = self._dropout(x, training)  # [I, B, E]
+    x = tf.transpose(encoder_inputs)  # [I, B]
+    if not self.encoder_first[0].takes_ids:  # see LSTMCell.cache_step_weights
+      x = self._dropout(tf.nn.embedding_lookup(self.source_embedding, x), training)  # [I, B, E]
     last = tf.stack([tf.maximum(source_lengths - 1, 0), tf.range(tf.shape(x)[1])], axis=1)
 
     def run(cell, inputs, backward=False):

@@ -389,3 +389,34 @@ def test_lstm_decoding_step_from_piece_ids_equals_the_step_from_their_embeddings
   for a, b in zip(tf.nest.flatten(got), tf.nest.flatten(expected)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
   assert np.abs(expected[0]).max() > 0.1
+
+
+@pytest.mark.parametrize("units", [128, 20])
+def test_lstm_decoding_sequence_from_piece_ids_equals_the_sequence_of_their_embeddings(units):
+  """Given the embedding its input comes from (the encoder's first layer), the decoding
+  sequence takes piece ids [T, B] and gathers their cached share of the gates: same
+  outputs and states as BlockLSTM (training) on their embeddings."""
+  graph = tf.Graph()
+  with graph.as_default():
+    with tf1.variable_scope("cell", initializer=tf1.random_uniform_initializer(-0.5, 0.5, seed=3)):
+      cell = cells.make_cell("lstm", 8, units, "lstm")
+    embedding = tf.constant(np.random.default_rng(6).uniform(-1, 1, [11, 8]), tf.float32)
+    ids = np.random.default_rng(7).integers(0, 11, [5, 3]).astype(np.int32)
+    state = tuple(tf.constant(np.random.default_rng(seed).uniform(0, 1, [3, units]), tf.float32)
+                  for seed in (1, 2))
+    expected = cell.sequence(tf.gather(embedding, ids), state)
+    caches = []
+    def cache(name, value):
+      caches.append(tf1.get_variable(name, value.shape, trainable=False))
+      return caches[-1].value(), caches[-1].assign(value).op
+    fills = cell.cache_step_weights(cache, embedding)
+    any_length = tf1.placeholder(tf.int32, [None, 3])
+    got = cell.sequence(any_length, state, differentiable=False)
+    with tf1.Session() as session:
+      session.run(tf1.global_variables_initializer())
+      session.run(fills)
+      expected, got = session.run([expected, got], {any_length: ids})
+  assert cell.takes_ids
+  for a, b in zip(tf.nest.flatten(got), tf.nest.flatten(expected)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  assert np.abs(expected[0]).max() > 0.1
