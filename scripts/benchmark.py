@@ -148,17 +148,18 @@ def forward_flops(hp, source_len, target_len, projected_len=None):
 
 def decoding_flops(hp, source_len, output_len, beam=1):
   """Matmul FLOPs of decoding one sentence: the encoder over source_len pieces, then
-  beam * (output_len + 1) decoder steps (the output's pieces and EOS, on each of the
-  beam's rows), less the first LSTM decoder layer's embedding rows, whose share of
-  the gates decoding gathers (LSTMCell.cache_step_weights). A lower bound for beam
+  1 + beam * output_len decoder rows (the first step, which sees no output yet, on
+  one row; a step per output piece and EOS, on each of the beam's rows), less the
+  first LSTM layers' embedding rows, encoder's and decoder's, whose share of the
+  gates decoding gathers (LSTMCell.cache_step_weights). A lower bound for beam
   search, which may search on after its best hypothesis has ended; greedy decoding
   runs exactly these steps."""
   get = _hparam_getter(hp)
-  steps = beam * (output_len + 1)
+  rows = 1 + beam * output_len
   gathered = 0
-  if get("cell", "lstm") == "lstm":
-    gathered = steps * 2 * get("embedding_size") * 4 * get("size")
-  return forward_flops(hp, source_len, steps) - gathered
+  if get("cell", "lstm") == "lstm":  # a bidirectional layer: two of H/2 units
+    gathered = (source_len + rows) * 2 * get("embedding_size") * 4 * get("size")
+  return forward_flops(hp, source_len, rows) - gathered
 
 
 def training_flops(hp, source_len, target_len, projected_len=None):

@@ -86,15 +86,20 @@ def test_flops_count_the_projection_only_where_asked():
 
 
 def test_decoding_flops_count_one_encoder_and_beam_rows_of_decoder_steps():
-  """Greedy: the encoder once and output + 1 decoder steps (EOS too), each without
-  the multiply by the first LSTM layer's embedding rows (gathered); beam k runs k rows
-  of those steps over the same single encoding."""
+  """Greedy: the encoder once and output + 1 decoder steps (EOS too); the first LSTM
+  layers' multiplies by embedding rows (gathered) are not counted, encoder's (both
+  directions) or decoder's. Beam k runs the first step on one row and the others on
+  k rows, over the same single encoding."""
   bench = _load()
   hp = {"size": 8, "embedding_size": 6, "num_layers": 2, "tgt_vocab_size": 100,
         "bidirectional_encoder": True}
-  encoder = bench.forward_flops(hp, 5, 0)
+  embedding_rows = 2 * 6 * 4 * 8  # per position, both directions or the decoder's layer
+  encoder = bench.forward_flops(hp, 5, 0) - 5 * embedding_rows
   greedy = bench.decoding_flops(hp, 5, 6)
-  assert greedy == bench.forward_flops(hp, 5, 7) - 7 * 2 * 6 * 4 * 8
-  assert bench.decoding_flops(hp, 5, 6, beam=4) - encoder == 4 * (greedy - encoder)
+  assert greedy == bench.forward_flops(hp, 5, 7) - (5 + 7) * embedding_rows
+  step = (greedy - encoder) / 7
+  assert bench.decoding_flops(hp, 5, 6, beam=4) - encoder == (1 + 4 * 6) * step
+  assert bench.decoding_flops(dict(hp, bidirectional_encoder=False), 5, 6) == (
+      bench.forward_flops(dict(hp, bidirectional_encoder=False), 5, 7) - 12 * embedding_rows)
   gru = dict(hp, cell="gru")
   assert bench.decoding_flops(gru, 5, 6) == bench.forward_flops(gru, 5, 7)
