@@ -187,7 +187,7 @@ class LSTMCell(_Layer):
     c, h = state
     if not differentiable:
       kernel, bias = self._step_weights
-      if self._embedding_gates is not None:
+      if self.takes_ids:
         ids, inputs = inputs[0], inputs[1:]
         return self._update(tf.gather(self._embedding_gates, ids) +
                             tf.matmul(_concat(list(inputs) + [h]), kernel), c)
