@@ -25,15 +25,18 @@ RSS is that part's alone, read with os.wait4 or getrusage):
             --steps 0: no trainer run; decoding uses the model the speed run
             trained, and the training RSS is the speed process's before it
             builds the padded model.
-  decode    test_2016_flickr: batched greedy and beam-5 sentences/s, interactive
-            (one sentence at a time, text in, text out) p50/p95 ms, BLEU, peak RSS.
   peer      (--peer) OpenNMT-py 3.5.1 in its own virtualenv (scripts/peer/setup_peer.sh),
             same architecture, same SentencePiece pieces, same steps and test set.
+  decode    test_2016_flickr: batched greedy and beam-5 sentences/s, interactive
+            (one sentence at a time, text in, text out) p50/p95 ms, BLEU, output
+            pieces per sentence, peak RSS; with --peer, OpenNMT-py's decoding in the
+            same rounds (see decode_rounds): speedups are medians of per-round ratios.
 
 Writes benchmark.json (--json) and prints a markdown table for the README.
 """
 
 import argparse
+import collections
 import datetime
 import json
 import math
@@ -191,6 +194,13 @@ def percentile(values, q):
   return float(data[lo] + (data[hi] - data[lo]) * (pos - lo))
 
 
+def round_ratios(ours, peer):
+  """Rates of the same rounds, in round order -> [ours / peer] per round."""
+  if len(ours) != len(peer):
+    raise ValueError(f"{len(ours)} rounds of ours against {len(peer)} of the peer")
+  return [a / b for a, b in zip(ours, peer)]
+
+
 def ratio(a, b):
   return a / b if a and b else None
 
@@ -244,12 +254,14 @@ TABLE_ROWS = [
     ("decode_peak_rss_mb", "decoding peak RSS, MB", 0),
     ("bleu_greedy", "BLEU greedy (sacreBLEU, test subset as decoded)", 2),
     ("bleu_beam", "BLEU beam 5", 2),
+    ("decode_greedy_mean_output_pieces", "output pieces per sentence, greedy", 2),
+    ("decode_beam_mean_output_pieces", "output pieces per sentence, beam 5", 2),
     ("peer_train_tokens_per_s", "OpenNMT-py training, target tokens/s", 0),
     ("peer_train_speedup", "training speedup over OpenNMT-py", 2),
     ("peer_decode_greedy_sent_per_s", "OpenNMT-py greedy, sentences/s", 1),
     ("peer_decode_beam_sent_per_s", "OpenNMT-py beam 5, sentences/s", 1),
-    ("peer_decode_speedup_greedy", "greedy decoding speedup over OpenNMT-py", 2),
-    ("peer_decode_speedup", "beam-5 decoding speedup over OpenNMT-py", 2),
+    ("peer_decode_speedup_greedy", "greedy decoding speedup over OpenNMT-py (median of rounds)", 2),
+    ("peer_decode_speedup", "beam-5 decoding speedup over OpenNMT-py (median of rounds)", 2),
     ("peer_decode_speedup_greedy_at_peak", "greedy speedup over OpenNMT-py at that peak", 2),
     ("peer_decode_speedup_at_peak", "beam-5 speedup over OpenNMT-py at that peak (at most)", 2),
     ("peer_decode_greedy_sent_per_s_batch30", "OpenNMT-py greedy, batch 30, sentences/s", 1),
@@ -259,6 +271,8 @@ TABLE_ROWS = [
     ("peer_train_peak_rss_mb", "OpenNMT-py training peak RSS, MB", 0),
     ("peer_bleu_greedy", "OpenNMT-py BLEU greedy", 2),
     ("peer_bleu_beam", "OpenNMT-py BLEU beam 5", 2),
+    ("peer_decode_greedy_mean_output_pieces", "OpenNMT-py output pieces per sentence, greedy", 2),
+    ("peer_decode_beam_mean_output_pieces", "OpenNMT-py output pieces per sentence, beam 5", 2),
 ]
 
 
@@ -635,9 +649,10 @@ def worker_decode(a):
       start = time.perf_counter()
       texts([line], beam, 1)
       latencies.append(1000.0 * (time.perf_counter() - start))
-    key = "interactive" if name == "greedy" else "interactive_beam"
-    out[f"{key}_p50_ms"] = percentile(latencies, 50)
-    out[f"{key}_p95_ms"] = percentile(latencies, 95)
+    if latencies:
+      key = "interactive" if name == "greedy" else "interactive_beam"
+      out[f"{key}_p50_ms"] = percentile(latencies, 50)
+      out[f"{key}_p95_ms"] = percentile(latencies, 95)
   out["decode_sentences"] = len(sources)
   model.close()
   return out
@@ -787,10 +802,9 @@ def parse_peer_train_log(text):
           for m in PEER_STEP.finditer(text)]
 
 
-def run_peer(args, settings, hp, buckets, data_dir, paths, work, ours):
-  """Trains and decodes with OpenNMT-py; returns the peer_* figures."""
-  import sacrebleu  # pylint: disable=g-import-not-at-top
-  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+def train_peer(args, settings, hp, buckets, data_dir, paths, work, steps):
+  """Sets up OpenNMT-py and trains it `steps` steps on our pieces -> (a context for
+  peer_translate, the peer_* training figures)."""
   venv = args.peer_venv
   peer_setup(venv)
   peer_dir = os.path.join(work, "peer")
@@ -799,88 +813,112 @@ def run_peer(args, settings, hp, buckets, data_dir, paths, work, ours):
   os.makedirs(peer_dir)
   manifest = json.load(open(os.path.join(data_dir, "manifest.json"), encoding="utf-8"))
   src_model = os.path.join(data_dir, manifest["vocab"]["source"]["model"])
-  tgt_model = os.path.join(data_dir, manifest["vocab"]["target"]["model"])
   write_pieces(src_model, paths["train_src"], os.path.join(peer_dir, "train.src"))
+  tgt_model = os.path.join(data_dir, manifest["vocab"]["target"]["model"])
   write_pieces(tgt_model, paths["train_tgt"], os.path.join(peer_dir, "train.tgt"))
   write_pieces(src_model, paths["dev_src"], os.path.join(peer_dir, "valid.src"))
   write_pieces(tgt_model, paths["dev_tgt"], os.path.join(peer_dir, "valid.tgt"))
-  lines = write_pieces(src_model, paths["test_src"], os.path.join(peer_dir, "test.src"),
-                       settings["test_lines"])
-  refs = _read_lines(paths["test_tgt"], settings["test_lines"])
-  steps = ours["model_steps"]  # as many steps as the model we decode with
+  ctx = {"dir": peer_dir, "tgt_model": tgt_model, "buckets": buckets,
+         "bin": os.path.join(venv, "bin"),
+         "checkpoint": os.path.join(peer_dir, f"model_step_{steps}.pt"),
+         "env": dict(os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1"),
+         "lines": write_pieces(src_model, paths["test_src"], os.path.join(peer_dir, "test.src"),
+                               settings["test_lines"])}
   report_every = max(1, min(50, steps // 6))
   config = os.path.join(peer_dir, "config.yaml")
   write_yaml(peer_config(hp, buckets, peer_dir, steps, report_every), config)
-  env = dict(os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
-  bin_ = os.path.join(venv, "bin")
-  out = {}
-
-  def onmt(tool, extra, logname):
-    path = os.path.join(peer_dir, logname)
-    with open(path, "w", encoding="utf-8") as f:
-      code, wall, rss = run_measured([os.path.join(bin_, tool)] + extra, env=env, stdout=f,
-                                     stderr=subprocess.STDOUT, cwd=peer_dir)
-    text = open(path, encoding="utf-8").read()
-    if code != 0:
-      raise RuntimeError(f"{tool} failed ({code}); last lines:\n" + "\n".join(
-          text.splitlines()[-15:]))
-    return text, wall, rss
-
-  onmt("onmt_build_vocab", ["-config", config, "-n_sample", "-1"], "build_vocab.log")
+  run_onmt(ctx, "onmt_build_vocab", ["-config", config, "-n_sample", "-1"], "build_vocab.log")
   log(f"peer: training {steps} steps")
-  text, wall, rss = onmt("onmt_train", ["-config", config], "train.stdout.log")
+  text, wall, rss = run_onmt(ctx, "onmt_train", ["-config", config], "train.stdout.log")
   reports = parse_peer_train_log(text)
   # Windows between reports: target tokens/s of each (onmt resets its counters per report).
   rates = [r[2] for r in reports]
-  out["peer_train_tokens_per_s"] = median(rates[1:] or rates)
-  out["peer_train_tokens_per_s_reports"] = rates
-  out["peer_train_wall_s"] = wall
-  out["peer_train_peak_rss_mb"] = rss
+  out = {"peer_train_tokens_per_s": median(rates[1:] or rates),
+         "peer_train_tokens_per_s_reports": rates, "peer_train_wall_s": wall,
+         "peer_train_peak_rss_mb": rss}
   found = re.search(r"number of parameters: (\d+)", text)
   out["peer_trainable_parameters"] = int(found.group(1)) if found else None
-  checkpoint = os.path.join(peer_dir, f"model_step_{steps}.pt")
-  tgt_spm = spm.SentencePieceProcessor(model_file=tgt_model)
+  return ctx, out
 
-  def translate(name, beam, batch_size, suffix):
-    """Runs onmt_translate decode_reps times; sets peer_decode_{name}_sent_per_s{suffix}
-    (the median run); returns its output."""
-    hyp_path = os.path.join(peer_dir, f"test.{name}{suffix}.pieces")
-    rates = []
-    for rep in range(settings["decode_reps"]):
-      text, wall, rss = onmt("onmt_translate", [
-          "-model", checkpoint, "-src", os.path.join(peer_dir, "test.src"), "-output", hyp_path,
-          "-beam_size", str(beam), "-batch_size", str(batch_size),
-          "-batch_type", "sents", "-gpu", "-1", "-report_time", "-max_length",
-          str(max(b[1] for b in buckets))], f"translate.{name}{suffix}.{rep}.log")
-      found = PEER_AVG_MS.search(text)  # its translation loop, model loading excluded
-      rates.append(1000.0 / float(found.group(1)) if found else lines / wall)
-      out["peer_decode_peak_rss_mb"] = max(out.get("peer_decode_peak_rss_mb", 0), rss)
-    out[f"peer_decode_{name}_sent_per_s{suffix}"] = median(rates)
-    out[f"peer_decode_{name}_sent_per_s{suffix}_runs"] = rates
-    return hyp_path
 
-  for name, beam in (("greedy", 1), ("beam", settings["beam"])):
-    hyp_path = translate(name, beam, settings["batch_size"], "")
-    hyps = [tgt_spm.decode(line.split()) for line in _read_lines(hyp_path)]
-    out[f"peer_bleu_{name}"] = sacrebleu.corpus_bleu(hyps, [refs]).score
-    if settings["batch_size"] != PEER_MD_BATCH:  # also as PEER.md measured it
-      translate(name, beam, PEER_MD_BATCH, PEER_MD_SUFFIX)
-  out["peer_train_speedup"] = ratio(ours.get("train_tokens_per_s_bucketed"),
-                                    out["peer_train_tokens_per_s"])
-  out["peer_train_speedup_trainer"] = ratio(ours.get("trainer_tokens_per_s"),
-                                            out["peer_train_tokens_per_s"])
-  out["peer_decode_speedup_greedy"] = ratio(ours.get("decode_greedy_sent_per_s"),
-                                            out["peer_decode_greedy_sent_per_s"])
-  out["peer_decode_speedup"] = ratio(ours.get("decode_beam_sent_per_s"),
-                                     out["peer_decode_beam_sent_per_s"])
-  out["peer_decode_speedup_greedy_at_peak"] = ratio(ours.get("decode_greedy_sent_per_s_at_peak"),
-                                                    out["peer_decode_greedy_sent_per_s"])
-  out["peer_decode_speedup_at_peak"] = ratio(ours.get("decode_beam_sent_per_s_at_peak"),
-                                             out["peer_decode_beam_sent_per_s"])
-  for name, key in (("greedy", "peer_decode_speedup_greedy"), ("beam", "peer_decode_speedup")):
-    peer = out.get(f"peer_decode_{name}_sent_per_s{PEER_MD_SUFFIX}")
-    if peer:
-      out[key + PEER_MD_SUFFIX] = ratio(ours.get(f"decode_{name}_sent_per_s"), peer)
+def run_onmt(ctx, tool, extra, logname):
+  """Runs an OpenNMT-py tool in the peer directory -> (its output, wall s, peak RSS MB)."""
+  path = os.path.join(ctx["dir"], logname)
+  with open(path, "w", encoding="utf-8") as f:
+    code, wall, rss = run_measured([os.path.join(ctx["bin"], tool)] + extra, env=ctx["env"],
+                                   stdout=f, stderr=subprocess.STDOUT, cwd=ctx["dir"])
+  text = open(path, encoding="utf-8").read()
+  if code != 0:
+    raise RuntimeError(f"{tool} failed ({code}); last lines:\n" + "\n".join(
+        text.splitlines()[-15:]))
+  return text, wall, rss
+
+
+def peer_translate(ctx, beam, batch_size, name):
+  """One onmt_translate run over the test set -> (sentences/s of its translation loop,
+  model loading excluded; the output path (pieces); peak RSS MB)."""
+  hyp_path = os.path.join(ctx["dir"], f"test.{name}.pieces")
+  text, wall, rss = run_onmt(ctx, "onmt_translate", [
+      "-model", ctx["checkpoint"], "-src", os.path.join(ctx["dir"], "test.src"),
+      "-output", hyp_path, "-beam_size", str(beam), "-batch_size", str(batch_size),
+      "-batch_type", "sents", "-gpu", "-1", "-report_time", "-max_length",
+      str(max(b[1] for b in ctx["buckets"]))], f"translate.{name}.log")
+  found = PEER_AVG_MS.search(text)
+  return (1000.0 / float(found.group(1)) if found else ctx["lines"] / wall), hyp_path, rss
+
+
+# --- decoding: ours and OpenNMT-py's in alternation ---------------------------------------
+
+def decode_rounds(settings, model_dir, paths, work, peer_ctx):
+  """Batched decoding of the test set in settings["decode_reps"] rounds; each round decodes
+  greedy and beam with ours (a decode worker, one pass of each), then, with peer_ctx, with
+  OpenNMT-py (at our batch size and at PEER_MD_BATCH). A figure is the median over rounds;
+  a speedup is the median of the rounds' ratios, each measured within a minute, so that
+  the machine's drift over a run (both toolkits' speeds moved by 20-40% between runs
+  minutes apart) does not fall on one side. The first round also measures loading,
+  first runs, interactive latency and BLEU -> the decode_* and peer_decode_* figures."""
+  import sacrebleu  # pylint: disable=g-import-not-at-top
+  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+  out, runs = {}, collections.defaultdict(list)
+  batches = [(settings["batch_size"], "")]
+  if settings["batch_size"] != PEER_MD_BATCH:  # also as PEER.md measured it
+    batches.append((PEER_MD_BATCH, PEER_MD_SUFFIX))
+  for round_ in range(settings["decode_reps"]):
+    decoded, rss = run_worker("decode", {
+        "train_dir": model_dir, "src": paths["test_src"], "ref": paths["test_tgt"],
+        "lines": settings["test_lines"], "batch_size": settings["batch_size"],
+        "beam": settings["beam"], "reps": 1,
+        "interactive_lines": settings["interactive_lines"] if round_ == 0 else 0}, work)
+    out["decode_peak_rss_mb"] = max(out.get("decode_peak_rss_mb", 0), rss)
+    for name in ("greedy", "beam"):
+      runs[f"decode_{name}_sent_per_s"] += decoded.pop(f"decode_{name}_sent_per_s_runs")
+    if round_ == 0:
+      out.update(decoded)
+    if not peer_ctx:
+      continue
+    for name, beam in (("greedy", 1), ("beam", settings["beam"])):
+      for batch_size, suffix in batches:
+        rate, hyp_path, rss = peer_translate(peer_ctx, beam, batch_size, name + suffix)
+        runs[f"peer_decode_{name}_sent_per_s{suffix}"].append(rate)
+        out["peer_decode_peak_rss_mb"] = max(out.get("peer_decode_peak_rss_mb", 0), rss)
+        if round_ == 0 and not suffix:
+          tgt_spm = spm.SentencePieceProcessor(model_file=peer_ctx["tgt_model"])
+          pieces = [line.split() for line in _read_lines(hyp_path)]
+          refs = _read_lines(paths["test_tgt"], settings["test_lines"])
+          out[f"peer_bleu_{name}"] = sacrebleu.corpus_bleu(
+              [tgt_spm.decode(p) for p in pieces], [refs]).score
+          out[f"peer_decode_{name}_mean_output_pieces"] = (sum(map(len, pieces)) /
+                                                           max(len(pieces), 1))
+    log(f"decoding round {round_ + 1}: " + ", ".join(
+        f"{key.replace('_sent_per_s', '')} {values[-1]:.0f}" for key, values in runs.items()))
+  for key, values in runs.items():
+    out[key], out[key + "_runs"] = median(values), values
+  if peer_ctx:
+    for name, key in (("greedy", "peer_decode_speedup_greedy"), ("beam", "peer_decode_speedup")):
+      ours = runs[f"decode_{name}_sent_per_s"]
+      for _, suffix in batches:
+        ratios = round_ratios(ours, runs[f"peer_decode_{name}_sent_per_s{suffix}"])
+        out[key + suffix], out[key + suffix + "_runs"] = median(ratios), ratios
   return out
 
 
@@ -1026,26 +1064,33 @@ def main(argv=None):
       results["train_peak_rss_source"] = "speed worker, bucketed graph only"
       results["model_steps"] = results["saved_model_steps"]
 
-    decoded, rss = run_worker("decode", {
-        "train_dir": model_dir, "src": paths["test_src"], "ref": paths["test_tgt"],
-        "lines": settings["test_lines"], "interactive_lines": settings["interactive_lines"],
-        "batch_size": settings["batch_size"], "beam": settings["beam"],
-        "reps": settings["decode_reps"]}, work)
-    results.update(decoded)
-    results["decode_peak_rss_mb"] = rss
+    peer_ctx = None
+    if args.peer:
+      peer_ctx, trained = train_peer(args, settings, results["hparams"], results["buckets"],
+                                     bucketed_dir, paths, work, results["model_steps"])
+      results.update(trained)
+      results["peer_train_speedup"] = ratio(results.get("train_tokens_per_s_bucketed"),
+                                            results["peer_train_tokens_per_s"])
+      results["peer_train_speedup_trainer"] = ratio(results.get("trainer_tokens_per_s"),
+                                                    results["peer_train_tokens_per_s"])
+    results.update(decode_rounds(settings, model_dir, paths, work, peer_ctx))
     # decoding's peak: the better of one matmul on every core and one per core side by side
     peak = max(results["matmul_gflops"], results["matmul_gflops_streams"])
     for name in ("greedy", "beam"):
+      # the worker's GFLOP/s is of the first round; scaled to the median round
+      gflops = (results[f"decode_{name}_gflops"] * results[f"decode_{name}_sent_per_s"] /
+                results[f"decode_{name}_sent_per_s_runs"][0])
+      results[f"decode_{name}_gflops"] = gflops
       # sentences/s if decoding's matmul FLOPs all ran at that peak
       results[f"decode_{name}_sent_per_s_at_peak"] = (
-          results[f"decode_{name}_sent_per_s"] * peak / results[f"decode_{name}_gflops"])
-      results[f"decode_{name}_peak_fraction"] = results[f"decode_{name}_gflops"] / peak
+          results[f"decode_{name}_sent_per_s"] * peak / gflops)
+      results[f"decode_{name}_peak_fraction"] = gflops / peak
+      if args.peer:
+        key = "peer_decode_speedup_greedy" if name == "greedy" else "peer_decode_speedup"
+        results[key + "_at_peak"] = ratio(results[f"decode_{name}_sent_per_s_at_peak"],
+                                          results[f"peer_decode_{name}_sent_per_s"])
     results["graph_build_s"] = (results["train_graph_build_s"] + results["init_s"] +
                                 results["inference_graph_build_s"])
-
-    if args.peer:
-      results.update(run_peer(args, settings, results["hparams"], results["buckets"],
-                              bucketed_dir, paths, work, results))
   finally:
     results["benchmark_wall_s"] = time.time() - started
     results["machine"]["load_average_end"] = os.getloadavg()[0]

@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "scripts", "benchmark.py")
 
@@ -62,6 +64,13 @@ def test_write_json_round_trips(tmp_path):
   with open(path, encoding="utf-8") as f:
     assert json.load(f) == RESULTS
   assert not os.path.exists(path + ".tmp")
+
+
+def test_round_ratios_pair_each_round_with_its_own():
+  benchmark = _load()
+  assert benchmark.round_ratios([900.0, 1200.0, 600.0], [300.0, 400.0, 300.0]) == [3.0, 3.0, 2.0]
+  with pytest.raises(ValueError):
+    benchmark.round_ratios([1.0], [1.0, 2.0])
 
 
 def test_peer_log_parser_reads_onmt_report_lines():
