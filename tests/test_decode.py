@@ -366,10 +366,13 @@ def test_cli_ctrl_c_keeps_the_chunks_done(trained_copy, translator, dev_lines, t
   lines = dev_lines * 2000  # 80,000 lines: far more than are done before the interrupt
   src, out = tmp_path / "in.txt", tmp_path / "out.txt"
   src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+  # Ctrl-C's SIGINT as in a terminal's foreground: a test run started as a background
+  # job of a script would pass on an ignored SIGINT, which s2s-decode then ignores too.
   process = subprocess.Popen(
       [sys.executable, "-m", "seq2seq_buckets.cli.decode", f"--train_dir={trained_copy}",
        f"--input={src}", f"--output={out}", "--chunk_lines=400"],
-      stderr=subprocess.PIPE, text=True)
+      stderr=subprocess.PIPE, text=True,
+      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
   seen = ""
   while "ETA" not in seen:  # logged once the first chunk is written
     line = process.stderr.readline()
