@@ -64,9 +64,9 @@ TEST_SET = "test_2016_flickr"
 # Settings of the two modes; every value can be overridden by a flag.
 MODES = {
     # steps 0: no separate trainer run; decoding uses the model of the speed run
-    # decode_reps: batched decoding (ours and OpenNMT-py's) runs this many times; the
-    # median counts (single runs of ~1-10 s moved by 20-40% on this shared machine:
-    # ours greedy 701-1,005 sentences/s within one run of 3)
+    # decode_reps: rounds of batched decoding, ours then OpenNMT-py's (see
+    # decode_rounds); the median counts (single runs of ~1-10 s moved by 20-40% on
+    # this shared machine: ours greedy 701-1,005 sentences/s within one run of 3)
     "quick": dict(steps=0, speed_steps=5, speed_reps=2, warmup_steps=1, test_lines=50,
                   interactive_lines=10, matmul_size=2048, matmul_reps=3, decode_reps=1),
     "full": dict(steps=4000, speed_steps=60, speed_reps=5, warmup_steps=5, test_lines=0,
@@ -303,6 +303,19 @@ def _goal_text(key, value):
   return f"{op} {target:g} ({'met' if met else 'missed'})"
 
 
+def unlike_outputs(results):
+  """Warnings for decoding modes whose two models' outputs differ by more than a fifth in
+  pieces per sentence: their sentences/s then compare unlike work."""
+  found = []
+  for name in ("greedy", "beam"):
+    ours = results.get(f"decode_{name}_mean_output_pieces")
+    peer = results.get(f"peer_decode_{name}_mean_output_pieces")
+    if ours and peer and max(ours, peer) > 1.2 * min(ours, peer):
+      found.append(f"{name} outputs are {ours:.1f} pieces per sentence for ours and {peer:.1f} "
+                   f"for OpenNMT-py's: the {name} speedups compare unlike work.")
+  return found
+
+
 def markdown_table(results):
   """The README table: a heading line with mode, date and machine, then figure | value | goal."""
   m = results.get("machine", {})
@@ -315,6 +328,7 @@ def markdown_table(results):
     lines[1:1] = ["", f"Note: the machine was busy (load average up to {load:.1f} on "
                   f"{m['cores']} cores): these figures are noisy, and the OpenNMT-py ones "
                   "suffer most (its OpenMP threads stall when cores are oversubscribed)."]
+  lines[1:1] = [f"\nNote: {text}" for text in unlike_outputs(results)]
   buckets = results.get("settings", {}).get("buckets", "auto")
   for key, label, digits in TABLE_ROWS:
     if results.get(key) is None:
@@ -630,14 +644,10 @@ def worker_decode(a):
     start = time.perf_counter()
     model.warm_up(beam_size=beam)  # first run of each bucket's graphs, paid once per process
     out[f"decode_{name}_first_run_s"] = time.perf_counter() - start
-    runs = []
-    for _ in range(a["reps"]):
-      start = time.perf_counter()
-      hyps = texts(sources, beam, a["batch_size"])
-      runs.append(time.perf_counter() - start)
-    seconds = median(runs)
+    start = time.perf_counter()
+    hyps = texts(sources, beam, a["batch_size"])
+    seconds = time.perf_counter() - start
     out[f"decode_{name}_sent_per_s"] = len(sources) / seconds
-    out[f"decode_{name}_sent_per_s_runs"] = [len(sources) / t for t in runs]
     out[f"bleu_{name}"] = sacrebleu.corpus_bleu(hyps, [refs]).score
     output_lens = [len(p) for p in model.target_spm.encode(hyps)]
     out[f"decode_{name}_mean_output_pieces"] = sum(output_lens) / max(len(hyps), 1)
@@ -867,6 +877,17 @@ def peer_translate(ctx, beam, batch_size, name):
   return (1000.0 / float(found.group(1)) if found else ctx["lines"] / wall), hyp_path, rss
 
 
+def peer_output_figures(ctx, hyp_path, refs):
+  """OpenNMT-py's output (pieces, one line per sentence) -> (sacreBLEU against refs, mean
+  output pieces per sentence)."""
+  import sacrebleu  # pylint: disable=g-import-not-at-top
+  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+  tgt_spm = spm.SentencePieceProcessor(model_file=ctx["tgt_model"])
+  pieces = [line.split() for line in _read_lines(hyp_path)]
+  bleu = sacrebleu.corpus_bleu([tgt_spm.decode(p) for p in pieces], [refs]).score
+  return bleu, sum(map(len, pieces)) / max(len(pieces), 1)
+
+
 # --- decoding: ours and OpenNMT-py's in alternation ---------------------------------------
 
 def decode_rounds(settings, model_dir, paths, work, peer_ctx):
@@ -875,10 +896,10 @@ def decode_rounds(settings, model_dir, paths, work, peer_ctx):
   OpenNMT-py (at our batch size and at PEER_MD_BATCH). A figure is the median over rounds;
   a speedup is the median of the rounds' ratios, each measured within a minute, so that
   the machine's drift over a run (both toolkits' speeds moved by 20-40% between runs
-  minutes apart) does not fall on one side. The first round also measures loading,
-  first runs, interactive latency and BLEU -> the decode_* and peer_decode_* figures."""
-  import sacrebleu  # pylint: disable=g-import-not-at-top
-  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+  minutes apart) does not fall on one side (the speeds also move within a minute, so
+  the rounds' ratios still scatter: 2.55-3.64 greedy in two runs of 2026-11-28). The
+  first round also measures loading, first runs, interactive latency and BLEU -> the
+  decode_* and peer_decode_* figures."""
   out, runs = {}, collections.defaultdict(list)
   batches = [(settings["batch_size"], "")]
   if settings["batch_size"] != PEER_MD_BATCH:  # also as PEER.md measured it
@@ -887,28 +908,23 @@ def decode_rounds(settings, model_dir, paths, work, peer_ctx):
     decoded, rss = run_worker("decode", {
         "train_dir": model_dir, "src": paths["test_src"], "ref": paths["test_tgt"],
         "lines": settings["test_lines"], "batch_size": settings["batch_size"],
-        "beam": settings["beam"], "reps": 1,
+        "beam": settings["beam"],
         "interactive_lines": settings["interactive_lines"] if round_ == 0 else 0}, work)
     out["decode_peak_rss_mb"] = max(out.get("decode_peak_rss_mb", 0), rss)
     for name in ("greedy", "beam"):
-      runs[f"decode_{name}_sent_per_s"] += decoded.pop(f"decode_{name}_sent_per_s_runs")
+      runs[f"decode_{name}_sent_per_s"].append(decoded.pop(f"decode_{name}_sent_per_s"))
     if round_ == 0:
       out.update(decoded)
-    if not peer_ctx:
-      continue
-    for name, beam in (("greedy", 1), ("beam", settings["beam"])):
-      for batch_size, suffix in batches:
-        rate, hyp_path, rss = peer_translate(peer_ctx, beam, batch_size, name + suffix)
-        runs[f"peer_decode_{name}_sent_per_s{suffix}"].append(rate)
-        out["peer_decode_peak_rss_mb"] = max(out.get("peer_decode_peak_rss_mb", 0), rss)
-        if round_ == 0 and not suffix:
-          tgt_spm = spm.SentencePieceProcessor(model_file=peer_ctx["tgt_model"])
-          pieces = [line.split() for line in _read_lines(hyp_path)]
-          refs = _read_lines(paths["test_tgt"], settings["test_lines"])
-          out[f"peer_bleu_{name}"] = sacrebleu.corpus_bleu(
-              [tgt_spm.decode(p) for p in pieces], [refs]).score
-          out[f"peer_decode_{name}_mean_output_pieces"] = (sum(map(len, pieces)) /
-                                                           max(len(pieces), 1))
+    if peer_ctx:
+      for name, beam in (("greedy", 1), ("beam", settings["beam"])):
+        for batch_size, suffix in batches:
+          rate, hyp_path, rss = peer_translate(peer_ctx, beam, batch_size, name + suffix)
+          runs[f"peer_decode_{name}_sent_per_s{suffix}"].append(rate)
+          out["peer_decode_peak_rss_mb"] = max(out.get("peer_decode_peak_rss_mb", 0), rss)
+          if round_ == 0 and not suffix:
+            (out[f"peer_bleu_{name}"], out[f"peer_decode_{name}_mean_output_pieces"]) = (
+                peer_output_figures(peer_ctx, hyp_path,
+                                    _read_lines(paths["test_tgt"], settings["test_lines"])))
     log(f"decoding round {round_ + 1}: " + ", ".join(
         f"{key.replace('_sent_per_s', '')} {values[-1]:.0f}" for key, values in runs.items()))
   for key, values in runs.items():

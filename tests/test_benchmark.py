@@ -66,6 +66,17 @@ def test_write_json_round_trips(tmp_path):
   assert not os.path.exists(path + ".tmp")
 
 
+def test_table_notes_outputs_of_unlike_length():
+  benchmark = _load()
+  like = dict(RESULTS, decode_greedy_mean_output_pieces=13.3,
+              peer_decode_greedy_mean_output_pieces=12.9)
+  assert "unlike work" not in benchmark.markdown_table(like)
+  unlike = dict(like, peer_decode_greedy_mean_output_pieces=47.0)
+  table = benchmark.markdown_table(unlike)
+  assert ("Note: greedy outputs are 13.3 pieces per sentence for ours and 47.0 for "
+          "OpenNMT-py's: the greedy speedups compare unlike work.") in table
+
+
 def test_round_ratios_pair_each_round_with_its_own():
   benchmark = _load()
   assert benchmark.round_ratios([900.0, 1200.0, 600.0], [300.0, 400.0, 300.0]) == [3.0, 3.0, 2.0]
