@@ -20,6 +20,7 @@ import collections
 import tensorflow as tf
 
 from seq2seq_buckets import beam_search
+from seq2seq_buckets import screening
 from seq2seq_buckets.attention import MASKED, Attention, mask_bias
 from seq2seq_buckets.cells import make_cell, read
 from seq2seq_buckets.gradients import apply_mask, graph_constant, weight_matmul
@@ -91,10 +92,16 @@ class Seq2SeqModel:
         # Decoding's copy has the bias as one more row, [H + 1, V], which a column of
         # ones in the outputs picks up (see `logits`): one pass over [N, V] fewer.
         self._bias_row = decoding_caches
+        self.screen = None  # see screening.py
         if decoding_caches:
-          self.output_kernel, fill = _local_copy(
-              "output_kernel_cache", tf.concat([transposed, self.output_bias[None]], 0))
+          kernel = tf.concat([transposed, self.output_bias[None]], 0)
+          self.output_kernel, fill = _local_copy("output_kernel_cache", kernel)
           fills = [fill]
+          screen_sizes = screening.sizes(hp.tgt_vocab_size, hp.size)
+          if screen_sizes:
+            self.screen, screen_fills = screening.screen_caches(kernel, *screen_sizes,
+                                                                _local_copy)
+            fills += screen_fills
           for prefix, cell in self._named_cells():
             embedding = (self.target_embedding if cell is self.decoder_cells[0] else
                          self.source_embedding if cell in self.encoder_first else None)
@@ -213,12 +220,18 @@ class Seq2SeqModel:
       return tf.matmul(tf.pad(outputs, [[0, 0], [0, 1]], constant_values=1.0), self.output_kernel)
     return weight_matmul(outputs, self.output_kernel) + self.output_bias
 
-  def next_logits(self, tokens, previous_output, states, encoded):
+  def next_output(self, tokens, previous_output, states, encoded):
     """A decoding step (no dropout) from the previous pieces tokens [N] int32 ->
-    (logits [N, V] of the next piece, attentional output [N, H], new states)."""
+    (attentional output [N, H], new states)."""
     first = tokens if self.decoder_cells[0].takes_ids else self.embed_target(tokens[None])[0]
-    output, states = self.decoder_step(first, previous_output, states, encoded)
-    return self.logits(output), output, states
+    return self.decoder_step(first, previous_output, states, encoded)
+
+  def best_pieces(self, outputs, screened=True):
+    """outputs [N, H] -> [N] int32: the argmax of `logits` (first maximum); through the
+    screen of screening.py when the model has one and `screened` is set."""
+    if screened and self.screen is not None:
+      return screening.screened_argmax(outputs, self.screen, row_argmax)
+    return row_argmax(self.logits(outputs))
 
   def initial_output(self, encoded):
     """Zeros [B, H]: the 'previous attentional output' of the first decoder step."""
@@ -300,8 +313,9 @@ class Seq2SeqModel:
     fixed_shapes = most is not None
 
     def step(t, token, carried, fixed, rows, ids):
-      logits, output, states = self.next_logits(token, *carried, EncoderOutput(*fixed, None))
-      new = row_argmax(logits)
+      output, states = self.next_output(token, *carried, EncoderOutput(*fixed, None))
+      # XLA compiles fixed shapes only: its loop takes the whole projection
+      new = self.best_pieces(output, screened=not fixed_shapes)
       if fixed_shapes:
         new = tf.where(tf.equal(token, EOS_ID), EOS_ID, new)
         return t + 1, new, (output, states), fixed, rows, ids.write(t, new)
@@ -384,8 +398,8 @@ class Seq2SeqModel:
     carried: (previous output, states); most: see beam_search.search."""
 
     def step(tokens, carried, fixed):
-      logits, output, states = self.next_logits(tokens, *carried, EncoderOutput(*fixed, None))
-      return logits, (output, states)
+      output, states = self.next_output(tokens, *carried, EncoderOutput(*fixed, None))
+      return self.logits(output), (output, states)
 
     return tuple(beam_search.search(step, carried, fixed, limits, beam_size, n_best, alpha,
                                     most))

@@ -193,8 +193,8 @@ def step_by_step(ig, session, batch, bucket):
                                    encoded.states)
     tokens = tf1.placeholder(tf.int32, [None])
     output = tf1.placeholder(tf.float32, [None, size])
-    logits, new_output, new_states = model.next_logits(tokens, output, states, encoded)
-    log_probs = tf.nn.log_softmax(logits)
+    new_output, new_states = model.next_output(tokens, output, states, encoded)
+    log_probs = tf.nn.log_softmax(model.logits(new_output))
     initial_output = model.initial_output(encoded)
   encoder_feed = {inputs: batch.encoder_inputs, lengths: batch.source_lengths}
   state_values, output_value = session.run([encoded.states, initial_output], encoder_feed)
