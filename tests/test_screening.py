@@ -30,7 +30,7 @@ def structured_kernel(rng):
   return np.concatenate([weights, bias[None]]).astype(np.float32)
 
 
-def run_screen(kernel, outputs):
+def run_screen(kernel, outputs, few_columns):
   """-> (screened argmax [N], full-projection argmax [N] (tf.argmax), head logits [N, S],
   the Screen's values) on a fresh graph."""
   head, rank = screening.sizes(kernel.shape[1], kernel.shape[0] - 1)
@@ -44,12 +44,17 @@ def run_screen(kernel, outputs):
     session.run(fills)
     x = tf.constant(outputs)
     full = tf.matmul(tf.pad(x, [[0, 0], [0, 1]], constant_values=1.0), kernel)
-    return session.run([screening.screened_argmax(x, screen, model.row_argmax),
+    return session.run([screening.screened_argmax(x, screen, model.row_argmax, few_columns),
                         tf.argmax(full, axis=1, output_type=tf.int32), full[:, :head],
                         screen])
 
 
-def test_screened_argmax_is_the_full_argmax():
+# 0: unsure rows get every tail logit; 1: only those of the columns their bounds reach
+ALL_COLUMNS, REACHED_COLUMNS = 0.0, 1.0
+
+
+@pytest.mark.parametrize("few_columns", [ALL_COLUMNS, REACHED_COLUMNS])
+def test_screened_argmax_is_the_full_argmax(few_columns):
   """Random rows and rows whose best piece is in the tail give tf.argmax's pieces; the
   bound is above every tail logit; some rows are settled by the head alone, others need
   the tail (both paths run)."""
@@ -59,7 +64,7 @@ def test_screened_argmax_is_the_full_argmax():
   tail_pieces = rng.integers(64, VOCAB, 20)
   outputs[:20] = 3.0 * kernel[:-1, tail_pieces].T / np.linalg.norm(kernel[:-1, tail_pieces],
                                                                     axis=0)[:, None]
-  got, expected, head_logits, screen = run_screen(kernel, outputs)
+  got, expected, head_logits, screen = run_screen(kernel, outputs, few_columns)
   np.testing.assert_array_equal(got, expected)
   assert (expected >= 64).sum() >= 15 and (expected < 64).sum() >= 100
   # the bound, evaluated as the screen does, holds for every tail column
@@ -73,16 +78,19 @@ def test_screened_argmax_is_the_full_argmax():
   assert 0.2 < settled.mean() < 0.9
 
 
-def test_screened_argmax_takes_the_head_on_a_tie():
+@pytest.mark.parametrize("few_columns", [ALL_COLUMNS, REACHED_COLUMNS])
+def test_screened_argmax_takes_the_head_on_a_tie(few_columns):
   """A tail column equal to a head column (bias too) ties with it: the first maximum,
   the head's piece, wins, as in tf.argmax; a row whose tail column is ahead by a hair
-  gets the tail's."""
+  gets the tail's; of two equal tail columns ahead of the head, the first wins."""
   rng = np.random.default_rng(5)
   kernel = structured_kernel(rng)
   kernel[:-1, 3:5] = 5.0 * np.eye(SIZE)[:, :2]
   kernel[:, 300:302] = kernel[:, 3:5]
   kernel[-1, 301] += 1e-3
-  outputs = 2.0 * np.eye(SIZE, dtype=np.float32)[:2]
-  got, expected, _, _ = run_screen(kernel, outputs)
-  np.testing.assert_array_equal(expected, [3, 301])
+  kernel[:-1, 400] = kernel[:-1, 500] = 5.0 * np.eye(SIZE)[:, 2]
+  kernel[-1, 400] = kernel[-1, 500] = 1.0
+  outputs = 2.0 * np.eye(SIZE, dtype=np.float32)[:3]
+  got, expected, _, _ = run_screen(kernel, outputs, few_columns)
+  np.testing.assert_array_equal(expected, [3, 301, 400])
   np.testing.assert_array_equal(got, expected)
