@@ -22,7 +22,9 @@ full projection (first maximum on ties, as tf.argmax), for fewer multiply-adds.
 On test_2016_flickr, with the first 960 of 8000 pieces as the head and rank 64,
 about three decoder rows in four need no tail logits, both with the recipe model
 and with the benchmark's 300-step one; greedy decoding gave the same outputs
-1.12-1.16x faster (one process alternating both, 2026-11-28). Beam search needs
+1.12-1.16x faster (one process alternating both, 2026-11-28). A model early in
+training, whose rows are nearly all unsure, pays for the head and the bound on top
+of the whole tail: about a third more multiply-adds in the projection. Beam search needs
 every logit (its scores are log-probabilities), so it keeps the whole projection.
 """
 
