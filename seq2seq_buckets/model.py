@@ -229,9 +229,11 @@ class Seq2SeqModel:
   def best_pieces(self, outputs, screened=True):
     """outputs [N, H] -> [N] int32: the argmax of `logits` (first maximum); through the
     screen of screening.py when the model has one and `screened` is set."""
+    whole = lambda: row_argmax(self.logits(outputs))
     if screened and self.screen is not None:
-      return screening.screened_argmax(outputs, self.screen, row_argmax)
-    return row_argmax(self.logits(outputs))
+      return tf.cond(tf.shape(outputs)[0] >= screening.SCREEN_ROWS,
+                     lambda: screening.screened_argmax(outputs, self.screen, row_argmax), whole)
+    return whole()
 
   def initial_output(self, encoded):
     """Zeros [B, H]: the 'previous attentional output' of the first decoder step."""

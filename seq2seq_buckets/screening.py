@@ -22,7 +22,7 @@ full projection (first maximum on ties, as tf.argmax), for fewer multiply-adds.
 On test_2016_flickr, with the first 960 of 8000 pieces as the head and rank 64,
 about three decoder rows in four need no tail logits, both with the recipe model
 and with the benchmark's 300-step one; greedy decoding gave the same outputs
-1.12-1.16x faster (one process alternating both, 2026-11-28). A model early in
+1.06-1.16x faster (one process alternating both, 2026-11-28). A model early in
 training, whose rows are nearly all unsure, pays for the head and the bound on top
 of the whole tail: about a third more multiply-adds in the projection. Beam search needs
 every logit (its scores are log-probabilities), so it keeps the whole projection.
@@ -46,6 +46,10 @@ MARGIN = 1e-4
 # reaches some unsure row's best head logit, gathered, when they are at most this
 # fraction of the tail; else for all tail columns (no gather).
 FEW_COLUMNS = 0.25
+# Steps with fewer rows take the whole projection: for them the screen's extra ops
+# cost more than it saves (the first 100 lines of test_2016_flickr, in batches of ~17
+# rows per bucket, decoded 0.88x as fast screened at every step, 1.00x with this).
+SCREEN_ROWS = 32
 # Head pieces are a multiple of this many (row_argmax's block), and never a multiple
 # of 512 (see cells.STEP_PAD: such matmuls are slow on one thread here).
 HEAD_STEP = 64

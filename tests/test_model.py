@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from seq2seq_buckets import cells, graphs, model
+from seq2seq_buckets import cells, graphs, model, screening
 from seq2seq_buckets.gradients import gradients
 from seq2seq_buckets.batches import pad_batch
 from seq2seq_buckets.hparams import HParams
@@ -221,11 +221,13 @@ def ended_at_eos(ids):
   return ids[:, :max(ends)]
 
 
-@pytest.mark.parametrize("eos_bias", [0.0, -1e4])
-def test_greedy_graph_equals_step_by_step_decoding(tmp_path, eos_bias):
+@pytest.mark.parametrize("eos_bias, screen_rows", [(0.0, 1), (-1e4, 1), (0.0, 1000)])
+def test_greedy_graph_equals_step_by_step_decoding(tmp_path, monkeypatch, eos_bias, screen_rows):
   """The per-bucket greedy graph (a while loop that drops rows as they end) and its
   XLA-compiled twin (fixed shapes) equal step-by-step decoding; with EOS suppressed
-  they run all O steps."""
+  they run all O steps. The loop's argmax is screened (screening.py) at steps of at
+  least screen_rows rows."""
+  monkeypatch.setattr(screening, "SCREEN_ROWS", screen_rows)
   hp = tiny(learning_rate=0.05)
   tg = graphs.build_training_graph(hp)
   session = session_for(tg)
