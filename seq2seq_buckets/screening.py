@@ -17,15 +17,18 @@ is below its best head logit (less a margin for float rounding) has its argmax i
 the head. Only the other ("unsure") rows get tail logits: for the tail columns
 whose bound reaches some unsure row's best head logit, gathered, when those are
 few (FEW_COLUMNS), else for every tail column. The result is the argmax of the
-full projection (first maximum on ties, as tf.argmax), for fewer multiply-adds.
+full projection (first maximum on ties, as tf.argmax), for fewer multiply-adds;
+the logits are summed by other matmuls than the whole projection's, so two of a
+row's logits within float rounding of each other may come out in either order.
 
 On test_2016_flickr, with the first 960 of 8000 pieces as the head and rank 64,
 about three decoder rows in four need no tail logits, both with the recipe model
 and with the benchmark's 300-step one; greedy decoding gave the same outputs
 1.06-1.16x faster (one process alternating both, 2026-11-28). A model early in
-training, whose rows are nearly all unsure, pays for the head and the bound on top
-of the whole tail: about a third more multiply-adds in the projection. Beam search needs
-every logit (its scores are log-probabilities), so it keeps the whole projection.
+training, whose rows are nearly all unsure, pays for the head and the bound on
+top of the whole tail: about a third more multiply-adds in the projection. Beam
+search needs every logit (its scores are log-probabilities), so it keeps the
+whole projection.
 """
 
 import collections
@@ -56,8 +59,8 @@ HEAD_STEP = 64
 
 
 def sizes(vocab, size):
-  """(S, r) for a vocabulary of `vocab` pieces and outputs of `size`, or None when the
-  vocabulary is too small for screening to pay. S is about vocab / 8, r = size / 4."""
+  """(S, r) for a vocabulary of `vocab` pieces and outputs of `size`: S about vocab / 8,
+  r = size / 4; None when the tail would be under twice the head or r not below size."""
   head = max(1, vocab // 8)
   if head > HEAD_STEP:
     head = head // HEAD_STEP * HEAD_STEP
