@@ -410,13 +410,13 @@ class Seq2SeqModel:
 def row_argmax(logits):
   """logits [N, V] -> [N] int32: each row's first maximum, as tf.argmax.
 
-  When V is a multiple of ARGMAX_BLOCK, in two passes: the maximum of each block of
-  ARGMAX_BLOCK logits (a reduction TensorFlow vectorizes), then the first best block
-  and the first maximum in it. On one thread, for [64, 8000] in a loop: 80-110 us
+  When V is static and a multiple of ARGMAX_BLOCK, in two passes: the maximum of each
+  block of ARGMAX_BLOCK logits (a reduction TensorFlow vectorizes), then the first best
+  block and the first maximum in it. On one thread, for [64, 8000] in a loop: 80-110 us
   against tf.argmax's 220-250 (its pair reduction is not vectorized).
   """
   vocab = logits.shape[1]
-  if vocab % ARGMAX_BLOCK:
+  if vocab is None or vocab % ARGMAX_BLOCK:
     return tf.argmax(logits, axis=1, output_type=tf.int32)
   blocks = tf.reshape(logits, [-1, vocab // ARGMAX_BLOCK, ARGMAX_BLOCK])
   best = tf.argmax(tf.reduce_max(blocks, axis=2), axis=1, output_type=tf.int32)

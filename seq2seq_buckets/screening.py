@@ -100,8 +100,7 @@ def screened_argmax(outputs, screen, row_argmax, few_columns=FEW_COLUMNS):
   few_columns: see FEW_COLUMNS."""
   ones = tf.pad(outputs, [[0, 0], [0, 1]], constant_values=1.0)  # [N, H + 1]
   head_logits = tf.matmul(ones, screen.head)  # [N, S]
-  best = row_argmax(head_logits)
-  best_logit = tf.gather(head_logits, best[:, None], batch_dims=1)[:, 0]  # [N]
+  best_logit, best = _row_best(head_logits, row_argmax)  # [N] each
   inside = tf.matmul(outputs, screen.basis)  # [N, r]
   outside = tf.norm(outputs - tf.matmul(inside, screen.basis, transpose_b=True), axis=1)
   bounds = tf.matmul(tf.concat([inside, outside[:, None], tf.ones_like(outside)[:, None]],
@@ -119,14 +118,11 @@ def screened_argmax(outputs, screen, row_argmax, few_columns=FEW_COLUMNS):
 
     def reached_columns():
       logits = tf.matmul(inputs, tf.gather(screen.tail, columns, axis=graph_constant(1)))
-      pick = tf.argmax(logits, axis=graph_constant(1), output_type=tf.int32)  # [M]
-      return (tf.gather(logits, pick[:, None], batch_dims=1)[:, 0],
-              tf.cast(tf.gather(columns, pick), tf.int32))
+      logit, pick = _row_best(logits, row_argmax)
+      return logit, tf.cast(tf.gather(columns, pick), tf.int32)
 
     def all_columns():
-      logits = tf.matmul(inputs, screen.tail)  # [M, R]
-      pick = row_argmax(logits)
-      return tf.gather(logits, pick[:, None], batch_dims=1)[:, 0], pick
+      return _row_best(tf.matmul(inputs, screen.tail), row_argmax)  # [M, R] logits
 
     few = tf.size(columns) <= int(few_columns * screen.tail.shape[1])
     tail_logit, tail_best = tf.cond(few, reached_columns, all_columns)
@@ -136,3 +132,9 @@ def screened_argmax(outputs, screen, row_argmax, few_columns=FEW_COLUMNS):
                                        tf.boolean_mask(tail_best, wins) + screen.head.shape[1])
 
   return tf.cond(tf.reduce_any(unsure), with_tail, lambda: best)
+
+
+def _row_best(logits, row_argmax):
+  """logits [M, k] -> (each row's largest logit [M], its first column [M] int32)."""
+  pick = row_argmax(logits)
+  return tf.gather(logits, pick[:, None], batch_dims=1)[:, 0], pick
