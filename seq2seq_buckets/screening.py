@@ -2,7 +2,7 @@
 
 Shapes: N decoder rows, H = hparams.size, V target vocabulary, S head pieces (the
 first S ids: SentencePiece numbers pieces by score, so these are the frequent
-ones), R = V - S tail pieces, r the rank of a bound.
+ones), R = V - S tail pieces, r the rank of the tail's screen.
 
 A row's logits are [h, 1] @ kernel, kernel [H + 1, V] (the bias as its last row).
 The head's logits are computed exactly. For the tail a bound is cheaper: with U
@@ -16,26 +16,19 @@ one [N, r + 2] x [r + 2, R] matmul for all of them. A row whose every tail bound
 is below its best head logit (less a margin for float rounding) has its argmax in
 the head. Only the other ("unsure") rows get tail logits: for the tail columns
 whose bound reaches some unsure row's best head logit, gathered, when those are
-few (FEW_COLUMNS); else the unsure rows are bounded again at twice the rank (a
-second level, [M, 2r + 2] x [2r + 2, R]), whose bounds reach far fewer columns;
-only when those are still many are all tail columns computed. The result is the
-argmax of the full projection (first maximum on ties, as tf.argmax), for fewer
-multiply-adds; the logits are summed by other matmuls than the whole projection's,
-so two of a row's logits within float rounding of each other may come out in
-either order.
+few (FEW_COLUMNS), else for every tail column. The result is the argmax of the
+full projection (first maximum on ties, as tf.argmax), for fewer multiply-adds;
+the logits are summed by other matmuls than the whole projection's, so two of a
+row's logits within float rounding of each other may come out in either order.
 
 On test_2016_flickr, with the first 960 of 8000 pieces as the head and rank 64,
 about three decoder rows in four need no tail logits, both with the recipe model
 and with the benchmark's 300-step one; greedy decoding gave the same outputs
-1.06-1.16x faster (one process alternating both, 2026-11-28). The unsure rows'
-columns reached at rank 64 are few for the recipe model (26 a row on average) and
-many for the 300-step one (959); at rank 128, 21 for the latter. With the second
-level greedy decoding gave the same outputs 1.05x faster with the 300-step model
-and 1.04x with the recipe model (alternating, 2026-11-28); a third level, at rank
-192, 0.99x. A model early in training, whose rows are nearly all unsure, pays for
-the head and the bounds on top of the whole tail: up to about two thirds more
-multiply-adds in the projection. Beam search needs every logit (its scores are
-log-probabilities), so it keeps the whole projection.
+1.06-1.16x faster (one process alternating both, 2026-11-28). A model early in
+training, whose rows are nearly all unsure, pays for the head and the bound on
+top of the whole tail: about a third more multiply-adds in the projection. Beam
+search needs every logit (its scores are log-probabilities), so it keeps the
+whole projection.
 """
 
 import collections
@@ -44,19 +37,17 @@ import tensorflow as tf
 
 from seq2seq_buckets.gradients import graph_constant
 
-# head [H + 1, S]: the head's columns of the kernel; levels: one Level per rank, lowest
-# first; tail [H + 1, R]: the tail's columns; widest []: the largest |w| of a tail column.
-Screen = collections.namedtuple("Screen", ["head", "levels", "tail", "widest"])
-# basis [H, r]: U; bound [r + 2, R]: rows U^T w, |w - U U^T w| and b per tail column.
-Level = collections.namedtuple("Level", ["basis", "bound"])
+# head [H + 1, S]: the head's columns of the kernel; basis [H, r]: U; bound [r + 2, R]:
+# rows U^T w, |w - U U^T w| and b per tail column; tail [H + 1, R]: the tail's columns;
+# widest []: the largest |w| of a tail column.
+Screen = collections.namedtuple("Screen", ["head", "basis", "bound", "tail", "widest"])
 # A tail bound counts as below the best head logit when it is below by more than
 # MARGIN * (1 + |h| * the largest tail column norm): float32 rounding in the bound and
 # in the logits is a few 1e-6 of that.
 MARGIN = 1e-4
 # A step computes the tail logits of its unsure rows for the tail columns whose bound
 # reaches some unsure row's best head logit, gathered, when they are at most this
-# fraction of the tail; else it bounds those rows again at the next level's rank, and
-# after the last level it computes all tail columns (no gather).
+# fraction of the tail; else for all tail columns (no gather).
 FEW_COLUMNS = 0.25
 # Steps with fewer rows take the whole projection: for them the screen's extra ops
 # cost more than it saves (the first 100 lines of test_2016_flickr, in batches of ~17
@@ -68,9 +59,8 @@ HEAD_STEP = 64
 
 
 def sizes(vocab, size):
-  """(S, ranks) for a vocabulary of `vocab` pieces and outputs of `size`: S about
-  vocab / 8, ranks (size / 4, size / 2), the second only when below size; None when the
-  tail would be under twice the head or size / 4 not below size."""
+  """(S, r) for a vocabulary of `vocab` pieces and outputs of `size`: S about vocab / 8,
+  r = size / 4; None when the tail would be under twice the head or r not below size."""
   head = max(1, vocab // 8)
   if head > HEAD_STEP:
     head = head // HEAD_STEP * HEAD_STEP
@@ -79,32 +69,29 @@ def sizes(vocab, size):
   rank = max(1, size // 4)
   if vocab - head < 2 * head or rank >= size:
     return None
-  return head, tuple(r for r in (rank, 2 * rank) if r < size)
+  return head, rank
 
 
-def screen_caches(kernel, head, ranks, cache):
-  """kernel [H + 1, V] (bias last row); head S, ranks (see `sizes`); cache(name, value)
+def screen_caches(kernel, head, rank, cache):
+  """kernel [H + 1, V] (bias last row); head S, rank r (see `sizes`); cache(name, value)
   -> (read, fill op) -> (Screen of the cached reads, list of fill ops).
 
-  Each level's basis holds the top eigenvectors of W W^T [H, H] (W the tail's columns
-  without the bias), computed in float64; its bound's rows are computed from the
-  float32 basis they are used with.
+  The basis comes from the eigenvectors of W W^T [H, H] (W the tail's columns without
+  the bias) in float64; the bound's rows are computed from the float32 basis they are
+  used with.
   """
   weights, bias = kernel[:-1, head:], kernel[-1:, head:]  # [H, R], [1, R]
   wide = tf.cast(weights, tf.float64)
   _, vectors = tf.linalg.eigh(tf.matmul(wide, wide, transpose_b=True))  # ascending
-  parts = [("screen_head", kernel[:, :head])]
-  for rank in ranks:
-    basis = tf.cast(vectors[:, -rank:], tf.float32)  # [H, r]
-    inside = tf.matmul(basis, weights, transpose_a=True)  # [r, R]
-    outside = tf.norm(weights - tf.matmul(basis, inside), axis=0, keepdims=True)  # [1, R]
-    parts += [(f"screen_basis_{rank}", basis),
-              (f"screen_bound_{rank}", tf.concat([inside, outside, bias], 0))]
-  parts += [("screen_tail", kernel[:, head:]),
-            ("screen_widest", tf.reduce_max(tf.norm(weights, axis=0)))]
+  basis = tf.cast(vectors[:, -rank:], tf.float32)  # [H, r]
+  inside = tf.matmul(basis, weights, transpose_a=True)  # [r, R]
+  outside = tf.norm(weights - tf.matmul(basis, inside), axis=0, keepdims=True)  # [1, R]
+  parts = [("screen_head", kernel[:, :head]), ("screen_basis", basis),
+           ("screen_bound", tf.concat([inside, outside, bias], 0)),
+           ("screen_tail", kernel[:, head:]),
+           ("screen_widest", tf.reduce_max(tf.norm(weights, axis=0)))]
   reads, fills = zip(*[cache(name, value) for name, value in parts])
-  levels = tuple(Level(*reads[i:i + 2]) for i in range(1, 1 + 2 * len(ranks), 2))
-  return Screen(reads[0], levels, *reads[-2:]), list(fills)
+  return Screen(*reads), list(fills)
 
 
 def screened_argmax(outputs, screen, row_argmax, few_columns=FEW_COLUMNS):
@@ -112,59 +99,39 @@ def screened_argmax(outputs, screen, row_argmax, few_columns=FEW_COLUMNS):
   first maximum on ties; row_argmax: logits [N, k] -> [N] int32 (first maximum);
   few_columns: see FEW_COLUMNS."""
   ones = tf.pad(outputs, [[0, 0], [0, 1]], constant_values=1.0)  # [N, H + 1]
-  best_logit, best = _row_best(tf.matmul(ones, screen.head), row_argmax)  # [N] each
+  head_logits = tf.matmul(ones, screen.head)  # [N, S]
+  best_logit, best = _row_best(head_logits, row_argmax)  # [N] each
+  inside = tf.matmul(outputs, screen.basis)  # [N, r]
+  outside = tf.norm(outputs - tf.matmul(inside, screen.basis, transpose_b=True), axis=1)
+  bounds = tf.matmul(tf.concat([inside, outside[:, None], tf.ones_like(outside)[:, None]],
+                               graph_constant(1)), screen.bound)  # [N, R]
   threshold = best_logit - MARGIN * (1.0 + tf.norm(outputs, axis=1) * screen.widest)
-  reached = _bounds(outputs, screen.levels[0]) >= threshold[:, None]  # [N, R]
-  unsure = tf.reduce_any(reached, graph_constant(1))
+  unsure = tf.reduce_max(bounds, graph_constant(1)) >= threshold
 
   def with_tail():
     rows = tf.reshape(tf.where(unsure), graph_constant((-1,)))  # [M] int64
-    tail_logit, tail_best = _tail_best(
-        tf.gather(outputs, rows), tf.gather(ones, rows), tf.gather(reached, rows),
-        tf.gather(threshold, rows), screen, 1, row_argmax, few_columns)
+    inputs = tf.gather(ones, rows)  # [M, H + 1]
+    reached = tf.gather(bounds, rows) >= tf.gather(threshold, rows)[:, None]  # [M, R]
+    # [C] int64, ascending: the tail columns that may beat some unsure row's head
+    columns = tf.reshape(tf.where(tf.reduce_any(reached, graph_constant(0))),
+                         graph_constant((-1,)))
+
+    def reached_columns():
+      logits = tf.matmul(inputs, tf.gather(screen.tail, columns, axis=graph_constant(1)))
+      logit, pick = _row_best(logits, row_argmax)
+      return logit, tf.cast(tf.gather(columns, pick), tf.int32)
+
+    def all_columns():
+      return _row_best(tf.matmul(inputs, screen.tail), row_argmax)  # [M, R] logits
+
+    few = tf.size(columns) <= int(few_columns * screen.tail.shape[1])
+    tail_logit, tail_best = tf.cond(few, reached_columns, all_columns)
     # the head comes first: on a tie its piece is the first maximum
     wins = tail_logit > tf.gather(best_logit, rows)
     return tf.tensor_scatter_nd_update(best, tf.boolean_mask(rows, wins)[:, None],
                                        tf.boolean_mask(tail_best, wins) + screen.head.shape[1])
 
   return tf.cond(tf.reduce_any(unsure), with_tail, lambda: best)
-
-
-def _bounds(outputs, level):
-  """outputs [M, H], a Level -> [M, R]: each tail logit's upper bound (module docstring)."""
-  inside = tf.matmul(outputs, level.basis)  # [M, r]
-  outside = tf.norm(outputs - tf.matmul(inside, level.basis, transpose_b=True), axis=1)
-  return tf.matmul(tf.concat([inside, outside[:, None], tf.ones_like(outside)[:, None]],
-                             graph_constant(1)), level.bound)
-
-
-def _tail_best(outputs, ones, reached, threshold, screen, level, row_argmax, few_columns):
-  """The best tail logit [M] and its tail column [M] int32 of M rows: outputs [M, H],
-  ones [M, H + 1] (outputs with a column of ones), reached [M, R] bool (the tail columns
-  whose bound reaches the row's threshold [M]); level: the index of the next Level."""
-  # [C] int64, ascending: the tail columns that may beat some row's head
-  columns = tf.reshape(tf.where(tf.reduce_any(reached, graph_constant(0))),
-                       graph_constant((-1,)))
-
-  def reached_columns():
-    logits = tf.matmul(ones, tf.gather(screen.tail, columns, axis=graph_constant(1)))
-    # and a last column of -inf, which no row picks unless none is reached (a second
-    # level can settle every row): then the tail's best is -inf and never wins
-    logit, pick = _row_best(tf.pad(logits, [[0, 0], [0, 1]], constant_values=float("-inf")),
-                            row_argmax)
-    return logit, tf.cast(tf.gather(tf.pad(columns, [[0, 1]]), pick), tf.int32)
-
-  def next_level():
-    tighter = _bounds(outputs, screen.levels[level]) >= threshold[:, None]
-    return _tail_best(outputs, ones, tighter, threshold, screen, level + 1, row_argmax,
-                      few_columns)
-
-  def all_columns():
-    return _row_best(tf.matmul(ones, screen.tail), row_argmax)  # [M, R] logits
-
-  fallback = next_level if level < len(screen.levels) else all_columns
-  few = tf.size(columns) <= int(few_columns * screen.tail.shape[1])
-  return tf.cond(few, reached_columns, fallback)
 
 
 def _row_best(logits, row_argmax):

@@ -11,11 +11,10 @@ SIZE, VOCAB = 32, 640
 
 
 @pytest.mark.parametrize("vocab, size, expected", [
-    (8000, 256, (960, (64, 128))),  # 1000 -> a multiple of 64
-    (4096, 256, (448, (64, 128))),  # 512 -> not a multiple of 512
-    (640, 32, (64, (8, 16))),
-    (30, 16, (3, (4, 8))),  # the test models' vocabulary
-    (30, 2, (3, (1,))),  # no second rank below the size
+    (8000, 256, (960, 64)),  # 1000 -> a multiple of 64
+    (4096, 256, (448, 64)),  # 512 -> not a multiple of 512
+    (640, 32, (64, 8)),
+    (30, 16, (3, 4)),  # the test models' vocabulary
     (2, 16, None),  # a tail smaller than twice the head
     (30, 1, None)])  # no rank below the size
 def test_sizes(vocab, size, expected):
@@ -32,10 +31,10 @@ def structured_kernel(rng):
 
 
 def run_screen(kernel, outputs, few_columns, unread=None):
-  """-> (screened argmax [N], full-projection argmax [N] (tf.argmax), the Screen's values)
-  on a fresh graph. unread: None or [R] bool, tail columns the screen must not compute:
-  its cached copy of them gets logits of 1e3, which would win."""
-  head, ranks = screening.sizes(kernel.shape[1], kernel.shape[0] - 1)
+  """-> (screened argmax [N], full-projection argmax [N] (tf.argmax), head logits [N, S],
+  the Screen's values) on a fresh graph. unread: None or [R] bool, tail columns the
+  screen must not compute: its cached copy of them gets logits of 1e3, which would win."""
+  head, rank = screening.sizes(kernel.shape[1], kernel.shape[0] - 1)
   with tf.Graph().as_default(), tf1.Session() as session:
 
     def cache(name, value):
@@ -44,89 +43,52 @@ def run_screen(kernel, outputs, few_columns, unread=None):
       variable = tf1.get_variable(name, value.shape, trainable=False)
       return variable.value(), variable.assign(value).op
 
-    screen, fills = screening.screen_caches(tf.constant(kernel), head, ranks, cache)
+    screen, fills = screening.screen_caches(tf.constant(kernel), head, rank, cache)
     session.run(fills)
     x = tf.constant(outputs)
     full = tf.matmul(tf.pad(x, [[0, 0], [0, 1]], constant_values=1.0), kernel)
     return session.run([screening.screened_argmax(x, screen, model.row_argmax, few_columns),
-                        tf.argmax(full, axis=1, output_type=tf.int32), screen])
+                        tf.argmax(full, axis=1, output_type=tf.int32), full[:, :head],
+                        screen])
 
 
-def bounds(outputs, level):
-  """[N, R]: the tail bounds of a screening.Level's values, evaluated as the screen does."""
-  inside = outputs @ level.basis
-  outside = np.linalg.norm(outputs - inside @ level.basis.T, axis=1)
-  return np.concatenate([inside, outside[:, None], np.ones([len(outputs), 1])], 1) @ level.bound
+# 0: unsure rows get every tail logit; 1: only those of the columns their bounds reach
+ALL_COLUMNS, REACHED_COLUMNS = 0.0, 1.0
 
 
-def reached(outputs, kernel, level, rows, slack=0.01):
-  """[R] bool: the tail columns whose bounds at `level` reach the best head logit less
-  slack of some of `rows` (the screen's threshold is a float-rounding margin lower)."""
-  head = kernel.shape[1] // 10
-  best = (outputs[rows] @ kernel[:-1, :head] + kernel[-1, :head]).max(1)
-  return (bounds(outputs[rows], level) >= best[:, None] - slack).any(0)
-
-
-def tail_rows(rng, kernel, count):
-  """count rows [count, SIZE] each along a random tail column: their best piece is
-  likely in the tail."""
-  pieces = rng.integers(64, VOCAB, count)
-  columns = kernel[:-1, pieces].T
-  return (3.0 * columns / np.linalg.norm(columns, axis=1)[:, None]).astype(np.float32)
-
-
-@pytest.mark.parametrize("path", ["first_level", "second_level", "all_columns"])
-def test_screened_argmax_is_the_full_argmax(path):
-  """Random rows and rows whose best piece is in the tail give tf.argmax's pieces; each
-  level's bound is above every tail logit, the second's below the first's; some rows
-  are settled by the head alone, others need the tail. Unsure rows get the logits of
-  the columns their first level reaches ("first_level"), of those their second level
-  reaches ("second_level": these are fewer), or of every tail column; no other tail
-  column is computed."""
+@pytest.mark.parametrize("few_columns", [ALL_COLUMNS, REACHED_COLUMNS])
+def test_screened_argmax_is_the_full_argmax(few_columns):
+  """Random rows and rows whose best piece is in the tail give tf.argmax's pieces; the
+  bound is above every tail logit; some rows are settled by the head alone, others need
+  the tail (both paths run). On the reached-columns path no other tail column is
+  computed."""
   rng = np.random.default_rng(3)
   kernel = structured_kernel(rng)
   outputs = rng.uniform(-1, 1, [200, SIZE]).astype(np.float32)
-  outputs[:20] = tail_rows(rng, kernel, 20)
-  _, _, screen = run_screen(kernel, outputs, 1.0)
-  first, second = screen.levels
-  unsure = bounds(outputs, first).max(1) >= (outputs @ kernel[:-1, :64] +
-                                              kernel[-1, :64]).max(1) - 0.01
-  columns = [reached(outputs, kernel, level, unsure) for level in screen.levels]
-  assert columns[1].sum() + 8 < columns[0].sum()
-  few_columns, unread = {
-      "first_level": (1.0, ~columns[0]), "all_columns": (0.0, None),
-      "second_level": ((columns[0].sum() + columns[1].sum()) / 2 / (VOCAB - 64), ~columns[1])
-  }[path]
-  got, expected, _ = run_screen(kernel, outputs, few_columns, unread)
+  tail_pieces = rng.integers(64, VOCAB, 20)
+  outputs[:20] = 3.0 * kernel[:-1, tail_pieces].T / np.linalg.norm(kernel[:-1, tail_pieces],
+                                                                    axis=0)[:, None]
+  _, _, head_logits, screen = run_screen(kernel, outputs, few_columns)
+  # the bound, evaluated as the screen does
+  inside = outputs @ screen.basis
+  outside = np.linalg.norm(outputs - inside @ screen.basis.T, axis=1)
+  bounds = np.concatenate([inside, outside[:, None], np.ones([len(outputs), 1])], 1) @ \
+      screen.bound
+  # the columns some row's bound reaches (its best head logit less a slack: the
+  # screen's threshold is a float-rounding margin lower)
+  reached = (bounds >= head_logits.max(1)[:, None] - 0.01).any(0)
+  unread = ~reached if few_columns == REACHED_COLUMNS else None
+  got, expected, _, _ = run_screen(kernel, outputs, few_columns, unread)
   np.testing.assert_array_equal(got, expected)
   assert (expected >= 64).sum() >= 15 and (expected < 64).sum() >= 100
-  tail_logits = outputs @ kernel[:-1, 64:] + kernel[-1, 64:]
-  for level in screen.levels:
-    assert (bounds(outputs, level) >= tail_logits - 1e-4).all()
-  assert (bounds(outputs, second) <= bounds(outputs, first) + 1e-4).all()
-  assert 0.2 < 1 - unsure.mean() < 0.9
+  assert 0 < reached.sum() < 0.9 * len(reached)
+  tail_logits = outputs @ kernel[:-1, 64:] + kernel[-1, 64:]  # it holds for all of them
+  assert (bounds >= tail_logits - 1e-4).all()
+  settled = bounds.max(1) < head_logits.max(1)
+  assert 0.2 < settled.mean() < 0.9
 
 
-def test_screened_argmax_when_the_second_level_settles_every_row():
-  """Tail columns in a subspace of the second level's rank: its bound is the logit, so
-  it settles every row whose best piece is in the head, though the first level left
-  some unsure; none of the tail's columns is computed then."""
-  rng = np.random.default_rng(7)
-  kernel = structured_kernel(rng)
-  subspace = np.linalg.qr(rng.standard_normal([SIZE, 16]))[0]
-  kernel[:-1, 64:] = subspace @ (subspace.T @ kernel[:-1, 64:])
-  outputs = rng.uniform(-1, 1, [300, SIZE]).astype(np.float32)
-  logits = outputs @ kernel[:-1] + kernel[-1]
-  outputs = outputs[logits[:, :64].max(1) > logits[:, 64:].max(1) + 0.01]  # head rows
-  got, expected, screen = run_screen(kernel, outputs, 0.0, np.ones(VOCAB - 64, bool))
-  np.testing.assert_array_equal(got, expected)
-  everyone = np.arange(len(outputs))
-  assert len(outputs) > 50
-  assert reached(outputs, kernel, screen.levels[0], everyone, slack=0.0).any()
-  assert not reached(outputs, kernel, screen.levels[1], everyone, slack=0.0).any()
-
-
-@pytest.mark.parametrize("few_columns", [0.0, 1.0])
+@pytest.mark.parametrize("few_columns", [ALL_COLUMNS, REACHED_COLUMNS])
 def test_screened_argmax_takes_the_head_on_a_tie(few_columns):
   """A tail column equal to a head column (bias too) ties with it: the first maximum,
   the head's piece, wins, as in tf.argmax; a row whose tail column is ahead by a hair
@@ -139,6 +101,6 @@ def test_screened_argmax_takes_the_head_on_a_tie(few_columns):
   kernel[:-1, 400] = kernel[:-1, 500] = 5.0 * np.eye(SIZE)[:, 2]
   kernel[-1, 400] = kernel[-1, 500] = 1.0
   outputs = 2.0 * np.eye(SIZE, dtype=np.float32)[:3]
-  got, expected, _ = run_screen(kernel, outputs, few_columns)
+  got, expected, _, _ = run_screen(kernel, outputs, few_columns)
   np.testing.assert_array_equal(expected, [3, 301, 400])
   np.testing.assert_array_equal(got, expected)
