@@ -82,7 +82,8 @@ def test_screened_argmax_is_the_full_argmax(few_columns):
   np.testing.assert_array_equal(got, expected)
   assert (expected >= 64).sum() >= 15 and (expected < 64).sum() >= 100
   assert 0 < reached.sum() < 0.9 * len(reached)
-  tail_logits = outputs @ kernel[:-1, 64:] + kernel[-1, 64:]  # it holds for all of them
+  # the bound holds for every tail column
+  tail_logits = outputs @ kernel[:-1, 64:] + kernel[-1, 64:]
   assert (bounds >= tail_logits - 1e-4).all()
   settled = bounds.max(1) < head_logits.max(1)
   assert 0.2 < settled.mean() < 0.9
