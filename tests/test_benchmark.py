@@ -84,6 +84,43 @@ def test_round_ratios_pair_each_round_with_its_own():
     benchmark.round_ratios([1.0], [1.0, 2.0])
 
 
+def test_decode_rounds_compare_the_toolkits_at_the_same_batch_size(monkeypatch):
+  """Each round's speedup at a batch size is ours at that batch over OpenNMT-py's at it
+  (the workers and OpenNMT-py stubbed with fixed rates; nothing is timed)."""
+  benchmark = _load()
+  ours = {"": (1000.0, 200.0), "_batch30": (800.0, 150.0)}  # suffix -> (greedy, beam)
+  peer = {(1, 128): 250.0, (5, 128): 100.0, (1, 30): 200.0, (5, 30): 50.0}
+  asked = []
+
+  def run_worker(name, args, work):
+    assert name == "decode"
+    asked.append(args["other_batches"])
+    suffixes = [""] + [suffix for _, suffix in args["other_batches"]]
+    out = {f"decode_{mode}_sent_per_s{suffix}": ours[suffix][i]
+           for suffix in suffixes for i, mode in enumerate(("greedy", "beam"))}
+    return out, 100.0
+
+  def peer_translate(ctx, beam, batch_size, name):
+    return peer[(beam, batch_size)], "hyp", 50.0
+
+  monkeypatch.setattr(benchmark, "run_worker", run_worker)
+  monkeypatch.setattr(benchmark, "peer_translate", peer_translate)
+  monkeypatch.setattr(benchmark, "peer_output_figures", lambda *args: (20.0, 12.0))
+  monkeypatch.setattr(benchmark, "_read_lines", lambda *args: [])
+  settings = {"batch_size": 128, "beam": 5, "decode_reps": 2, "test_lines": 0,
+              "interactive_lines": 0}
+  out = benchmark.decode_rounds(settings, "model", {"test_src": "s", "test_tgt": "t"}, "w",
+                                {"dir": "peer"})
+  assert asked == [[(30, "_batch30")]] * 2
+  assert out["peer_decode_speedup_greedy"] == 4.0 and out["peer_decode_speedup"] == 2.0
+  assert out["peer_decode_speedup_greedy_batch30"] == 4.0
+  assert out["peer_decode_speedup_batch30"] == 3.0
+  assert out["decode_greedy_sent_per_s_batch30_runs"] == [800.0, 800.0]
+  without_peer = benchmark.decode_rounds(settings, "model", {"test_src": "s", "test_tgt": "t"},
+                                         "w", None)
+  assert asked[-1] == [] and "decode_greedy_sent_per_s_batch30" not in without_peer
+
+
 def test_peer_log_parser_reads_onmt_report_lines():
   text = ("[2026-11-27 10:00:01,000 INFO] Step 50/ 4000; acc: 10.1; ppl: 900.2; xent: 6.8; "
           "lr: 0.00100; sents:    3200; bsz:   14/  16/64; 1234/1456 tok/s;     21 sec;\n"
