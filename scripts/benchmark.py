@@ -913,17 +913,17 @@ def decode_rounds(settings, model_dir, paths, work, peer_ctx):
   decode_* and peer_decode_* figures."""
   out, runs = {}, collections.defaultdict(list)
   batches = [(settings["batch_size"], "")]
-  if settings["batch_size"] != PEER_MD_BATCH:  # also as PEER.md measured it
+  if peer_ctx and settings["batch_size"] != PEER_MD_BATCH:  # also as PEER.md measured it
     batches.append((PEER_MD_BATCH, PEER_MD_SUFFIX))
   for round_ in range(settings["decode_reps"]):
     decoded, rss = run_worker("decode", {
         "train_dir": model_dir, "src": paths["test_src"], "ref": paths["test_tgt"],
         "lines": settings["test_lines"], "batch_size": settings["batch_size"],
-        "other_batches": batches[1:] if peer_ctx else [], "beam": settings["beam"],
+        "other_batches": batches[1:], "beam": settings["beam"],
         "interactive_lines": settings["interactive_lines"] if round_ == 0 else 0}, work)
     out["decode_peak_rss_mb"] = max(out.get("decode_peak_rss_mb", 0), rss)
     for name in ("greedy", "beam"):
-      for _, suffix in batches if peer_ctx else batches[:1]:
+      for _, suffix in batches:
         key = f"decode_{name}_sent_per_s{suffix}"
         runs[key].append(decoded.pop(key))
     if round_ == 0:
